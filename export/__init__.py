@@ -1,0 +1,1 @@
+"""editx.export: ONNX / TensorRT export of the decoder, vocoder and front-end graphs."""

@@ -1,0 +1,1 @@
+"""editx.kernels: Triton kernels, each beside a plain-PyTorch reference."""
