@@ -1,0 +1,111 @@
+"""`editx` command line: clone a voice or edit speech, writing 16-bit 24 kHz WAV files.
+
+Flags mirror upstream's tts_infer.py (--prompt-audio, --prompt-text, --generated-text,
+--edit-type, --edit-info, --n-edit-iter, --output-dir, --torch-dtype) plus --model,
+which takes an upstream install folder or a dummy preset (dummy:tiny, dummy:full).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .errors import EditXError
+
+EDIT_TYPES = ["emotion", "style", "speed", "paralinguistic", "denoise", "vad"]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", "--model-path", dest="model", required=True,
+                   help="upstream install folder (holding Step-Audio-EditX/ and Step-Audio-Tokenizer/), "
+                        "or dummy:tiny / dummy:full")
+    p.add_argument("--prompt-audio", "--prompt-audio-path", dest="prompt_audio", required=True,
+                   help="audio file (any common format, >= 16 kHz)")
+    p.add_argument("--prompt-text", default="", help="transcript of the prompt audio")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", "--torch-dtype", dest="dtype", default=None,
+                   choices=["float32", "bfloat16", "float16"],
+                   help="LLM dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--decoder-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="flow + vocoder dtype (upstream: float32)")
+    p.add_argument("--seed", type=int, default=0, help="seed of sampling and of every random draw")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of upstream's sampling")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated LLM tokens")
+    p.add_argument("--output-dir", default="./output_dir", help="where WAVs are written")
+    p.add_argument("--output", default=None, help="exact output path (clone, or the last edit iteration)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="editx", description="Step-Audio-EditX runtime: clone and edit speech")
+    sub = parser.add_subparsers(dest="command", required=True)
+    clone = sub.add_parser("clone", help="zero-shot voice clone: speak --generated-text in the prompt's voice")
+    _common(clone)
+    clone.add_argument("--generated-text", "--text", dest="text", required=True, help="text to speak")
+    edit = sub.add_parser("edit", help="edit the prompt audio by instruction")
+    _common(edit)
+    edit.add_argument("--edit-type", required=True, choices=EDIT_TYPES)
+    edit.add_argument("--edit-info", default=None, help="e.g. happy, whisper, faster, remove")
+    edit.add_argument("--generated-text", "--text", dest="text", default=None,
+                      help="new text with tags (paralinguistic edits only)")
+    edit.add_argument("--n-edit-iter", type=int, default=1, help="apply the edit this many times")
+    return parser
+
+
+def _progress(quiet: bool):
+    start = time.perf_counter()
+
+    def report(stage: str) -> None:
+        if not quiet:
+            print(f"[editx {time.perf_counter() - start:6.2f}s] {stage}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    """Execute one parsed command; returns the written files."""
+    from .api import Runtime
+
+    report = _progress(args.quiet)
+    report(f"loading {args.model} on {args.device}")
+    rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                 decoder_dtype=args.decoder_dtype, seed=args.seed,
+                                 progress=not args.quiet)
+    sampling = rt.default_sampling(greedy=args.greedy, max_new_tokens=args.max_new_tokens)
+    stem = Path(args.prompt_audio).stem
+    out_dir = Path(args.output_dir)
+    written: list[Path] = []
+    if args.command == "clone":
+        report("cloning")
+        audio = rt.clone(args.prompt_audio, args.prompt_text, args.text, seed=args.seed, sampling=sampling)
+        written.append(audio.save(args.output or out_dir / f"{stem}_cloned.wav"))
+    else:
+        report(f"editing ({args.edit_type}{'/' + args.edit_info if args.edit_info else ''}, "
+               f"{args.n_edit_iter} iteration(s))")
+        results = rt.edit(args.prompt_audio, args.prompt_text, args.edit_type, args.edit_info,
+                          text=args.text, n_iter=args.n_edit_iter, seed=args.seed, sampling=sampling)
+        for k, audio in enumerate(results, start=1):
+            last = k == len(results)
+            path = args.output if (args.output and last) else out_dir / f"{stem}_edited_iter{k}.wav"
+            written.append(audio.save(path))
+    for path in written:
+        report(f"wrote {path}")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="[editx] %(message)s", stream=sys.stderr)
+    try:
+        run(args)
+    except EditXError as exc:
+        print(f"editx: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
