@@ -1,0 +1,98 @@
+"""Parity of token2wav (flow + HiFT, offline and streamed) with upstream's CosyVoice wrapper.
+
+Inputs, draws, weights and tolerances come from each `token2wav_*` case of every fixture
+set. The free-running waveforms integrate the NSF phase over the whole utterance, hence
+their looser tolerances (fixtures README §7); mel and source are compared tightly.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+import torch
+
+from editx.engine.token2wav import Token2Wav, VoiceConditioning
+from editx.models.flow import load_flow
+from editx.models.hift import load_hift
+from fixture_sets import assert_matches, cases_where, named
+
+
+@lru_cache(maxsize=4)
+def _decoder(weights: str) -> tuple:
+    flow, _ = load_flow(weights)
+    return flow, load_hift(weights)
+
+
+def decoder_for(case) -> Token2Wav:
+    flow, hift = _decoder(str(case.weights("weights/cosyvoice")))
+    return Token2Wav(flow, hift, case.input("rand_noise"), int(case.params.get("n_timesteps", 10)))
+
+
+def voice_of(case) -> VoiceConditioning:
+    # The case stores fp32 prompt mel / x-vector; upstream rounds both to bf16 (params.bf16_round_inputs).
+    assert set(case.params.get("bf16_round_inputs", [])) <= {"prompt_feat", "embedding"}
+    return VoiceConditioning.from_features(case.input("prompt_token").reshape(-1),
+                                           case.input("prompt_feat"), case.input("embedding"))
+
+
+@pytest.mark.parametrize("case", cases_where(named("token2wav_nonstream")))
+def test_token2wav_nonstream(case):
+    decoder = decoder_for(case)
+    draws = (case.input("nsf_rand_ini"), case.input("nsf_sine_noise"))
+    speech, mel = decoder.offline(case.input("token").reshape(-1), voice_of(case), draws=draws)
+    assert_matches(mel, case.output("mel"), case.tolerance("mel"), f"{case.id} mel")
+    assert_matches(speech[None], case.output("speech"), case.tolerance("speech"), f"{case.id} speech")
+    _, source = decoder.hift.inference(mel, draws=draws)
+    assert_matches(source, case.output("hift_source"), case.tolerance("hift_source"), f"{case.id} hift_source")
+
+
+def _split_draws(case):
+    """Per-HiFT-call NSF draws: row k of nsf_rand_ini, and the k-th slice of nsf_sine_noise."""
+    lengths = case.input("nsf_call_lengths").tolist()
+    noise = torch.split(case.input("nsf_sine_noise"), lengths, dim=1)
+    rand_ini = case.input("nsf_rand_ini")
+
+    def provide(call: int, n_samples: int):
+        assert noise[call].shape[1] == n_samples, f"HiFT call {call}: {n_samples} samples, fixture has {lengths[call]}"
+        return rand_ini[call:call + 1], noise[call]
+
+    return provide
+
+
+@pytest.mark.parametrize("case", cases_where(named("token2wav_stream")))
+def test_token2wav_stream(case):
+    assert case.params.get("feed", "one mixed id per call") == "one mixed id per call"
+    decoder = decoder_for(case)
+    cfg = decoder.flow.cfg
+    assert list(case.params.get("chunk_size_list", cfg.chunk_sizes)) == list(cfg.chunk_sizes)
+    assert int(case.params.get("mel_cache_len", cfg.mel_cache_len)) == cfg.mel_cache_len
+    stream = decoder.stream(voice_of(case), draws=_split_draws(case), record=True)
+    tokens = case.input("token").reshape(-1).tolist()
+    chunks, calls = [], []
+    for i, tok in enumerate(tokens):
+        out = stream.push([tok], last=i == len(tokens) - 1)
+        assert len(out) <= 1
+        if out:
+            chunks.append(out[0])
+            calls.append(i)
+    exact = "exact"
+    assert_matches(torch.tensor(calls), case.output("emit_call_index"), exact, f"{case.id} emit_call_index")
+    assert_matches(torch.tensor([c.numel() for c in chunks]), case.output("chunk_lengths"), exact,
+                   f"{case.id} chunk_lengths")
+    mels = torch.cat([m for m, _ in stream.trace], dim=2)
+    assert_matches(mels, case.output("flow_mel_chunks"), case.tolerance("flow_mel_chunks"), f"{case.id} flow mel")
+    sources = torch.cat([s for _, s in stream.trace], dim=2)
+    assert_matches(sources, case.output("hift_sources"), case.tolerance("hift_sources"), f"{case.id} sources")
+    assert_matches(torch.cat(chunks)[None], case.output("audio"), case.tolerance("audio"), f"{case.id} audio")
+
+
+@pytest.mark.parametrize("case", cases_where(named("token2wav_stream")))
+def test_stream_chunking_independent_of_push_grouping(case):
+    """Pushing all ids at once gives the same chunks as one id per push (same draws)."""
+    decoder = decoder_for(case)
+    tokens = case.input("token").reshape(-1)
+    one = decoder.stream(voice_of(case), draws=_split_draws(case))
+    per_id = [c for i, t in enumerate(tokens.tolist()) for c in one.push([t], last=i == len(tokens) - 1)]
+    bulk = decoder.stream(voice_of(case), draws=_split_draws(case)).push(tokens, last=True)
+    assert [c.numel() for c in bulk] == [c.numel() for c in per_id]
+    assert torch.equal(torch.cat(bulk), torch.cat(per_id))
