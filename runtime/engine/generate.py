@@ -56,11 +56,12 @@ def generate(
     prefill_chunk: int = 512,
     attend_bucket: int = 256,
     record: bool = False,
+    logit_bias: torch.Tensor | None = None,
 ) -> GenerationResult:
     """Generate for one prompt (see `generate_batch`). `on_token(token)` gets each kept id."""
     callback = None if on_token is None else (lambda _row, token: on_token(token))
     return generate_batch(model, [prompt_ids], params, cache, on_token=callback, prefill_chunk=prefill_chunk,
-                          attend_bucket=attend_bucket, record=record)[0]
+                          attend_bucket=attend_bucket, record=record, logit_bias=logit_bias)[0]
 
 
 def generate_batch(
@@ -73,6 +74,7 @@ def generate_batch(
     prefill_chunk: int = 512,
     attend_bucket: int = 256,
     record: bool = False,
+    logit_bias: torch.Tensor | None = None,
 ) -> list[GenerationResult]:
     """Generate for B prompts of any lengths; returns one GenerationResult per prompt.
 
@@ -109,7 +111,13 @@ def generate_batch(
             f"cache: has {cache.batch} rows x {cache.capacity} slots, this batch needs {len(rows)} x {need}"
         )
     with torch.inference_mode():
-        return _run(model, rows, row_params, limits, cache, on_token, prefill_chunk, attend_bucket, record)
+        if logit_bias is not None:
+            if logit_bias.shape != (model.config.vocab_size,):
+                raise InvalidInputError(f"logit_bias: expected shape [{model.config.vocab_size}], "
+                                        f"got {tuple(logit_bias.shape)}")
+            logit_bias = logit_bias.to(device=model.device, dtype=torch.float32)
+        return _run(model, rows, row_params, limits, cache, on_token, prefill_chunk, attend_bucket, record,
+                    logit_bias)
 
 
 def required_capacity(prompt_lengths: Sequence[int], new_token_limits: Sequence[int]) -> int:
@@ -164,7 +172,7 @@ class _Rows:
         ]
 
 
-def _run(model, rows, row_params, limits, cache, on_token, prefill_chunk, attend_bucket, record):
+def _run(model, rows, row_params, limits, cache, on_token, prefill_chunk, attend_bucket, record, logit_bias):
     device, batch = model.device, len(rows)
     lengths = [len(r) for r in rows]
     logits = _prefill(model, rows, cache, prefill_chunk)  # [B, V] fp32
@@ -174,6 +182,8 @@ def _run(model, rows, row_params, limits, cache, on_token, prefill_chunk, attend
     positions = torch.tensor(lengths, dtype=torch.long, device=device)  # where each row's next id goes
     step = 0
     while True:
+        if logit_bias is not None:
+            logits = logits + logit_bias
         scores, warped = sampler.process(logits, recent)
         next_ids = sampler.select(scores, warped)  # [B]
         active = state.take(next_ids.tolist(), logits, scores)  # .tolist(): the one host sync per step
@@ -207,6 +217,20 @@ def _prefill(model, rows: list[list[int]], cache: KVCache, chunk: int) -> torch.
         here = (lengths - 1 >= start) & (lengths - 1 < end)
         last = torch.where(here[:, None], out, last)
     return last
+
+
+def audio_logit_bias(vocab_size: int, stop_id: int, device: torch.device | str = "cpu",
+                     first_audio_id: int = 65536, num_audio_ids: int = 5120) -> torch.Tensor:
+    """[V] fp32: 0 on the codec's audio ids and the stop id, -inf elsewhere.
+
+    Upstream samples over the whole vocabulary (spec §4.6); a text id there would crash its
+    decoder. Masking keeps every output decodable and changes nothing while the model
+    already emits audio ids.
+    """
+    bias = torch.full((vocab_size,), float("-inf"), dtype=torch.float32, device=device)
+    bias[first_audio_id:first_audio_id + num_audio_ids] = 0.0
+    bias[stop_id] = 0.0
+    return bias
 
 
 def _round_up(n: int, multiple: int) -> int:
