@@ -26,7 +26,7 @@ from .engine.token2wav import Token2Wav, to_numpy
 from .engine.voice import VoicePrompt, encode_voice
 from .errors import InvalidInputError
 from .frontend.audio_io import audio_from_array, load_audio
-from .loading.components import Components, load_components
+from .loading.components import Components, check_vocab, load_components
 from .models.text import EDIT_TYPES, build_edit_instruction, clone_speaker_id, encode_clone_prompt, \
     encode_edit_prompt
 from .types import OUTPUT_SAMPLE_RATE, Audio
@@ -43,6 +43,7 @@ class Runtime:
     """Step-Audio-EditX inference (see module doc). Build with `Runtime.from_pretrained`."""
 
     def __init__(self, components: Components, config: RuntimeConfig) -> None:
+        check_vocab(components.llm.config)
         self.components = components
         self.config = config
         gen = torch.Generator().manual_seed(config.noise_seed)

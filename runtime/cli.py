@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     from .api import Runtime
 
     report = _progress(args.quiet)
+    _validate_early(args)
     report(f"loading {args.model} on {args.device}")
     rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                  decoder_dtype=args.decoder_dtype, seed=args.seed,
@@ -93,6 +94,23 @@ def run(args: argparse.Namespace) -> list[Path]:
     for path in written:
         report(f"wrote {path}")
     return written
+
+
+def _validate_early(args: argparse.Namespace) -> None:
+    """Reject bad arguments before spending seconds (or minutes) loading models."""
+    from .errors import AudioFormatError, InvalidInputError
+    from .models.text import build_edit_instruction
+
+    if not Path(args.prompt_audio).is_file():
+        raise AudioFormatError(f"prompt audio: no such file {args.prompt_audio}")
+    if args.command == "clone":
+        for name, value in (("--prompt-text", args.prompt_text), ("--generated-text", args.text)):
+            if not value.strip():
+                raise InvalidInputError(f"{name} must not be empty for a clone")
+    else:
+        if not 1 <= args.n_edit_iter <= 32:
+            raise InvalidInputError(f"--n-edit-iter: {args.n_edit_iter} is outside [1, 32]")
+        build_edit_instruction(args.edit_type, args.edit_info, args.prompt_text, args.text)
 
 
 def main(argv: list[str] | None = None) -> int:

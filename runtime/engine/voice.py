@@ -21,6 +21,7 @@ from ..models.vq02 import kmeans_codes
 from .token2wav import VoiceConditioning
 
 MIN_PROMPT_GROUPS = 1  # at least one 2+3 group (0.12 s) of speech after trimming
+SILENCE_PEAK = 1e-4    # -80 dBFS: below this the recording holds no usable speech
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ def encode_voice(comps: Components, wav: torch.Tensor, sample_rate: int, *, dith
     `dither` and `generator` drive the vq02 fbank dither (upstream: 1.0, unseeded).
     """
     t0 = time.perf_counter()
+    peak = float(wav.abs().max()) if wav.numel() else 0.0
+    if peak < SILENCE_PEAK:
+        raise InvalidInputError(f"prompt audio is silent (peak {peak:.2g}); it must contain speech")
     prompt = preprocess_prompt(wav, sample_rate, comps.mel)
     t1 = time.perf_counter()
     vq02 = _vq02_codes(comps, prompt.wav16_trimmed, dither, generator)

@@ -75,7 +75,6 @@ def load_components(source: str | Path, config: RuntimeConfig) -> Components:
         comps = _build_dummy(name, config)
     else:
         comps = _load_install(Path(name), config)
-    check_vocab(comps.llm.config)
     log.info("loaded %s on %s in %.1f s", name, config.device, time.perf_counter() - start)
     return comps
 

@@ -1,0 +1,93 @@
+"""End-to-end behaviour of the public Runtime on dummy:tiny (random weights, real code paths)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from editx import Audio
+from editx.frontend import load_audio
+
+
+def _check_audio(audio: Audio) -> None:
+    assert audio.sample_rate == 24000
+    assert audio.samples.dtype == np.float32 and audio.samples.ndim == 1
+    assert len(audio.samples) > 0 and np.isfinite(audio.samples).all()
+    assert np.abs(audio.samples).max() <= 0.99 + 1e-6  # HiFT clamps to ±0.99 (spec §5.7)
+    # 480 samples per mel frame, 2 mel frames per token frame, 3 token frames per 5 LLM ids
+    assert len(audio.samples) % 480 == 0
+
+
+def test_clone_produces_24k_audio(rt, sampling, prompt_wav):
+    audio = rt.clone(prompt_wav, "His political stance was conservative.", "Hello there.", seed=3, sampling=sampling)
+    _check_audio(audio)
+    assert audio.text == "Hello there."
+    assert audio.info["generated_tokens"] <= sampling.max_new_tokens
+    # 5 LLM ids (minus the dropped last one) -> 3 token frames -> 2880 samples per full group
+    kept = audio.info["generated_tokens"] - 1
+    assert len(audio.samples) == 2880 * -(-kept // 5)
+
+
+def test_same_seed_same_audio_different_seed_differs(rt, sampling, prompt_wav):
+    a = rt.clone(prompt_wav, "A prompt.", "Some text.", seed=11, sampling=sampling)
+    b = rt.clone(prompt_wav, "A prompt.", "Some text.", seed=11, sampling=sampling)
+    c = rt.clone(prompt_wav, "A prompt.", "Some text.", seed=12, sampling=sampling)
+    assert np.array_equal(a.samples, b.samples)
+    assert len(a.samples) != len(c.samples) or not np.array_equal(a.samples, c.samples)
+
+
+def test_inputs_as_path_bytes_array_and_audio_agree(rt, sampling, prompt_wav):
+    wav, sr = load_audio(prompt_wav)
+    forms = [prompt_wav, prompt_wav.read_bytes(), (wav[0].numpy(), sr), Audio(wav[0].numpy(), sr)]
+    outs = [rt.clone(f, "A prompt.", "Text.", seed=5, sampling=sampling).samples for f in forms]
+    for out in outs[1:]:
+        assert np.array_equal(out, outs[0])
+
+
+def test_edit_iterations_chain_through_pcm16(rt, sampling, prompt_wav):
+    results = rt.edit(prompt_wav, "His political stance was conservative.", "style", "whisper", n_iter=2,
+                      seed=1, sampling=sampling)
+    assert len(results) == 2
+    for r in results:
+        _check_audio(r)
+        assert r.text == "His political stance was conservative."
+    # iteration 2 starts from iteration 1's output after a 16-bit WAV round trip (spec §2.4)
+    direct = rt.edit(results[0].to_pcm16_roundtrip(), results[0].text, "style", "whisper", seed=2,
+                     sampling=sampling)[0]
+    assert np.array_equal(direct.samples, results[1].samples)
+
+
+def test_paralinguistic_edit_returns_tagged_text(rt, sampling, prompt_wav):
+    out = rt.edit(prompt_wav, "So that is how it went.", "paralinguistic", text="So [Laughter] that is how it went.",
+                  seed=0, sampling=sampling)[0]
+    assert out.text == "So [Laughter] that is how it went."
+
+
+@pytest.mark.parametrize("edit_type", ["denoise", "vad"])
+def test_edit_types_without_text(rt, sampling, prompt_wav, edit_type):
+    _check_audio(rt.edit(prompt_wav, "", edit_type, seed=0, sampling=sampling)[0])
+
+
+def test_greedy_is_deterministic_without_seed(rt, prompt_wav):
+    params = rt.default_sampling(greedy=True, max_new_tokens=30)
+    a = rt.clone(prompt_wav, "A prompt.", "Text.", sampling=params)
+    b = rt.clone(prompt_wav, "A prompt.", "Text.", sampling=params)
+    assert np.array_equal(a.samples, b.samples)
+
+
+def test_save_writes_16bit_24k_wav(rt, sampling, prompt_wav, tmp_path):
+    audio = rt.clone(prompt_wav, "A prompt.", "Text.", seed=0, sampling=sampling)
+    path = audio.save(tmp_path / "sub" / "out.wav")
+    info = sf.info(str(path))
+    assert (info.samplerate, info.channels, info.subtype) == (24000, 1, "PCM_16")
+    back, _ = sf.read(str(path), dtype="float32")
+    assert np.abs(back - audio.samples).max() <= 1.0 / 32767 + 1e-7  # one int16 step
+
+
+def test_encode_voice_is_reusable(rt, prompt_wav):
+    voice = rt.encode_voice(prompt_wav, seed=0)
+    again = rt.encode_voice(prompt_wav, seed=0)
+    assert voice.vq02 == again.vq02 and voice.vq06 == again.vq06
+    assert len(voice.llm_audio_ids) % 5 == 0
+    assert all(65536 <= i < 65536 + 5120 for i in voice.llm_audio_ids)
+    assert voice.conditioning.embedding.shape == (1, 192)

@@ -1,0 +1,78 @@
+"""The `editx` command line, end to end on dummy:tiny."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from editx.cli import main
+
+AUDIO = Path(__file__).resolve().parents[2].parent / "shared" / "audio"
+PROMPT = AUDIO / "zero_shot_en_prompt.wav"
+pytestmark = pytest.mark.skipif(not PROMPT.is_file(), reason=f"{PROMPT} not found")
+
+
+def _check_wav(path: Path) -> None:
+    info = sf.info(str(path))
+    assert (info.samplerate, info.channels, info.subtype) == (24000, 1, "PCM_16")
+    data, _ = sf.read(str(path), dtype="float32")
+    assert len(data) > 0 and np.isfinite(data).all() and np.abs(data).max() > 0
+
+
+def test_clone_console_script_writes_wav(tmp_path):
+    exe = shutil.which("editx") or ""
+    cmd = [exe] if exe else [sys.executable, "-m", "editx.cli"]
+    out = tmp_path / "clone.wav"
+    proc = subprocess.run(
+        cmd + ["clone", "--model", "dummy:tiny", "--prompt-audio", str(PROMPT), "--prompt-text",
+               "His political stance was conservative.", "--generated-text", "Hello from editx.",
+               "--max-new-tokens", "60", "--output", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    _check_wav(out)
+    assert "wrote" in proc.stderr  # visible progress
+
+
+def test_edit_writes_one_file_per_iteration(tmp_path, capsys):
+    rc = main(["edit", "--model", "dummy:tiny", "--prompt-audio", str(PROMPT), "--prompt-text",
+               "His political stance was conservative.", "--edit-type", "emotion", "--edit-info", "happy",
+               "--n-edit-iter", "2", "--max-new-tokens", "40", "--output-dir", str(tmp_path)])
+    assert rc == 0
+    for k in (1, 2):
+        _check_wav(tmp_path / f"{PROMPT.stem}_edited_iter{k}.wav")
+
+
+def test_clone_default_name_in_output_dir(tmp_path):
+    rc = main(["clone", "--model", "dummy:tiny", "--prompt-audio", str(PROMPT), "--prompt-text", "A prompt.",
+               "--text", "Hi.", "--max-new-tokens", "30", "--output-dir", str(tmp_path), "--quiet"])
+    assert rc == 0
+    _check_wav(tmp_path / f"{PROMPT.stem}_cloned.wav")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["edit", "--edit-type", "emotion", "--edit-info", "joyful"], "edit_info"),
+    (["edit", "--edit-type", "paralinguistic"], "text"),
+    (["clone", "--generated-text", "  "], "generated-text"),
+])
+def test_bad_arguments_exit_2_with_message(argv, message, capsys):
+    base = ["--model", "dummy:tiny", "--prompt-audio", str(PROMPT), "--prompt-text", "Some text."]
+    rc = main(argv[:1] + base + argv[1:])
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_prompt_file_exit_2(tmp_path, capsys):
+    rc = main(["clone", "--model", "dummy:tiny", "--prompt-audio", str(tmp_path / "x.wav"), "--prompt-text", "a",
+               "--text", "b"])
+    assert rc == 2 and "x.wav" in capsys.readouterr().err
+
+
+def test_missing_model_dir_exit_2(tmp_path, capsys):
+    rc = main(["clone", "--model", str(tmp_path / "nope"), "--prompt-audio", str(PROMPT), "--prompt-text", "a",
+               "--text", "b"])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
