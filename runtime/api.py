@@ -12,6 +12,7 @@ state), so calls from several threads do not interfere.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Optional, Union
@@ -20,7 +21,8 @@ import numpy as np
 import torch
 
 from .config import RuntimeConfig, parse_device
-from .engine.generate import GenerationResult, audio_logit_bias, generate
+from .engine.generate import audio_logit_bias, generate
+from .engine.model_runner import GraphedDecoder
 from .engine.sampling import SamplingParams
 from .engine.token2wav import Token2Wav, to_numpy
 from .engine.voice import VoicePrompt, encode_voice
@@ -50,6 +52,8 @@ class Runtime:
         # One fixed start-noise buffer per runtime, as upstream draws one per process (spec §5.6).
         noise = torch.randn(1, components.flow.cfg.output_size, NOISE_FRAMES, generator=gen)
         self.decoder = Token2Wav(components.flow, components.hift, noise.to(config.device), config.n_timesteps)
+        self._graphed: Optional[GraphedDecoder] = None
+        self._graphed_init = threading.Lock()
         self._logit_bias = None
         if config.audio_only_logits:
             self._logit_bias = audio_logit_bias(components.llm.config.vocab_size, components.llm.config.eos_token_id,
@@ -145,7 +149,6 @@ class Runtime:
         return SamplingParams(**{**_fields(base), "seed": int(chosen)})
 
     def _synthesize(self, prompt_ids: list[int], voice: VoicePrompt, req: SamplingParams, text: str) -> Audio:
-        llm = self.components.llm
         room = req.max_length - len(prompt_ids)
         if room < MIN_NEW_TOKEN_ROOM:
             raise InvalidInputError(
@@ -154,7 +157,7 @@ class Runtime:
                 "or the prompt audio"
             )
         t0 = _clock(self.config.device)
-        result = generate(llm, prompt_ids, req, on_token=self._progress_hook(), logit_bias=self._logit_bias)
+        result = self._generate(prompt_ids, req)
         t1 = _clock(self.config.device)
         mixed = [i - 65536 for i in result.ids]
         hift_gen = torch.Generator(device=self.config.device).manual_seed(req.seed + 1)
@@ -170,6 +173,24 @@ class Runtime:
         self._report(f"done: {info['audio_s']:.2f} s of audio from {len(result.raw_ids)} tokens "
                      f"(LLM {info['llm_s']:.2f} s, decoder {info['token2wav_s']:.2f} s)")
         return Audio(samples, OUTPUT_SAMPLE_RATE, text, info)
+
+    def _generate(self, prompt_ids: list[int], req: SamplingParams):
+        """LLM generation; on CUDA through the graphed decoder (one request at a time on it)."""
+        llm = self.components.llm
+        kwargs = dict(on_token=self._progress_hook(), logit_bias=self._logit_bias)
+        runner = self._graph_runner()
+        if runner is None:
+            return generate(llm, prompt_ids, req, **kwargs)
+        with runner.lock:
+            return generate(llm, prompt_ids, req, cache=runner.cache, decode_step=runner.step, **kwargs)
+
+    def _graph_runner(self) -> Optional[GraphedDecoder]:
+        if not (self.config.cuda_graphs and self.config.device.type == "cuda"):
+            return None
+        with self._graphed_init:
+            if self._graphed is None:
+                self._graphed = GraphedDecoder(self.components.llm, batch=1, capacity=self.config.max_length)
+        return self._graphed
 
     def _load(self, audio: AudioInput, what: str) -> tuple[torch.Tensor, int]:
         if isinstance(audio, Audio):

@@ -66,6 +66,8 @@ class RuntimeConfig:
             keeps every request decodable and changes nothing while the model emits audio ids.
         onnx_provider: 'auto' (CUDA EP when the device is CUDA and onnxruntime has it, else CPU,
             logged once), 'cpu', or 'cuda' (error if unavailable).
+        cuda_graphs: on CUDA, replay the LLM decode step from CUDA graphs (one capture per
+            attention-width bucket); eager decode otherwise.
         progress: print stage progress to stderr on long work.
     """
 
@@ -81,6 +83,7 @@ class RuntimeConfig:
     max_length: int = 8192
     audio_only_logits: bool = True
     onnx_provider: str = "auto"
+    cuda_graphs: bool = True
     progress: bool = False
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import InvalidInputError
 from .kv_cache import KVCache
+from .model_runner import eager_decode_step
 from .sampling import RecentIds, Sampler, SamplingParams
 
 TokenCallback = Callable[[int, int], None]  # (row, token id)
@@ -57,11 +58,13 @@ def generate(
     attend_bucket: int = 256,
     record: bool = False,
     logit_bias: torch.Tensor | None = None,
+    decode_step=None,
 ) -> GenerationResult:
     """Generate for one prompt (see `generate_batch`). `on_token(token)` gets each kept id."""
     callback = None if on_token is None else (lambda _row, token: on_token(token))
     return generate_batch(model, [prompt_ids], params, cache, on_token=callback, prefill_chunk=prefill_chunk,
-                          attend_bucket=attend_bucket, record=record, logit_bias=logit_bias)[0]
+                          attend_bucket=attend_bucket, record=record, logit_bias=logit_bias,
+                          decode_step=decode_step)[0]
 
 
 def generate_batch(
@@ -75,6 +78,7 @@ def generate_batch(
     attend_bucket: int = 256,
     record: bool = False,
     logit_bias: torch.Tensor | None = None,
+    decode_step=None,
 ) -> list[GenerationResult]:
     """Generate for B prompts of any lengths; returns one GenerationResult per prompt.
 
@@ -116,8 +120,9 @@ def generate_batch(
                 raise InvalidInputError(f"logit_bias: expected shape [{model.config.vocab_size}], "
                                         f"got {tuple(logit_bias.shape)}")
             logit_bias = logit_bias.to(device=model.device, dtype=torch.float32)
+        step = decode_step or eager_decode_step(model)
         return _run(model, rows, row_params, limits, cache, on_token, prefill_chunk, attend_bucket, record,
-                    logit_bias)
+                    logit_bias, step)
 
 
 def required_capacity(prompt_lengths: Sequence[int], new_token_limits: Sequence[int]) -> int:
@@ -172,10 +177,11 @@ class _Rows:
         ]
 
 
-def _run(model, rows, row_params, limits, cache, on_token, prefill_chunk, attend_bucket, record, logit_bias):
+def _run(model, rows, row_params, limits, cache, on_token, prefill_chunk, attend_bucket, record, logit_bias,
+         decode_step):
     device, batch = model.device, len(rows)
     lengths = [len(r) for r in rows]
-    logits = _prefill(model, rows, cache, prefill_chunk)  # [B, V] fp32
+    logits = prefill(model, rows, cache, prefill_chunk)  # [B, V] fp32
     recent = RecentIds(rows, row_params[0].repetition_window, device)
     sampler = Sampler(row_params, device)
     state = _Rows(limits, [p.stop_id for p in row_params], record, on_token)
@@ -193,7 +199,7 @@ def _run(model, rows, row_params, limits, cache, on_token, prefill_chunk, attend
         still = torch.tensor(state.active(), device=device)
         # Static attention width: the bucket covering every position written so far.
         key_len = min(cache.capacity, _round_up(max(lengths) + step + 1, attend_bucket))
-        logits = model(next_ids.view(batch, 1), cache, positions, attend_len=key_len)[:, -1].float()
+        logits = decode_step(next_ids.view(batch, 1), cache, positions, key_len)
         positions = positions + still.long()  # finished rows stay parked on their slot
         step += 1
     fed = [n + len(r) - 1 for n, r in zip(lengths, state.raw)]  # prompt + fed-back ids per row
@@ -201,7 +207,7 @@ def _run(model, rows, row_params, limits, cache, on_token, prefill_chunk, attend
     return state.results(lengths)
 
 
-def _prefill(model, rows: list[list[int]], cache: KVCache, chunk: int) -> torch.Tensor:
+def prefill(model, rows: list[list[int]], cache: KVCache, chunk: int) -> torch.Tensor:
     """Run every prompt through the model in chunks; returns each row's last-prompt-id logits [B, V] fp32."""
     device, batch = model.device, len(rows)
     lengths = torch.tensor([len(r) for r in rows], device=device)
