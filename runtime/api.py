@@ -129,7 +129,8 @@ class Runtime:
         """Run the front end (vq02 + vq06 codes, prompt mel, x-vector) on one recording."""
         wav, sr = self._load(audio, "audio")
         gen = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
-        return encode_voice(self.components, wav, sr, dither=self.config.vq02_dither, generator=gen)
+        return encode_voice(self.components, wav, sr, dither=self.config.vq02_dither, generator=gen,
+                            resampler=self.config.resampler)
 
     # -- internals ----------------------------------------------------------------------
     def _edit_once(self, audio: AudioInput, audio_text: str, edit_type: str, edit_info: Optional[str],

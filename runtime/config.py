@@ -66,6 +66,8 @@ class RuntimeConfig:
             keeps every request decodable and changes nothing while the model emits audio ids.
         onnx_provider: 'auto' (CUDA EP when the device is CUDA and onnxruntime has it, else CPU,
             logged once), 'cpu', or 'cuda' (error if unavailable).
+        resampler: prompt-audio resampling: 'sinc' (torchaudio-exact, matches upstream's features)
+            or 'soxr' (libsoxr HQ: faster on long audio, features differ slightly from upstream).
         cuda_graphs: on CUDA, replay the LLM decode step from CUDA graphs (one capture per
             attention-width bucket); eager decode otherwise.
         progress: print stage progress to stderr on long work.
@@ -83,6 +85,7 @@ class RuntimeConfig:
     max_length: int = 8192
     audio_only_logits: bool = True
     onnx_provider: str = "auto"
+    resampler: str = "sinc"
     cuda_graphs: bool = True
     progress: bool = False
 
@@ -100,6 +103,8 @@ class RuntimeConfig:
             raise InvalidInputError(f"n_timesteps: {self.n_timesteps} is outside [1, 1000]")
         if not 16 <= self.max_length <= 65536:
             raise InvalidInputError(f"max_length: {self.max_length} is outside [16, 65536]")
+        if self.resampler not in ("sinc", "soxr"):
+            raise InvalidInputError(f"resampler: {self.resampler!r}; use 'sinc' or 'soxr'")
         if self.onnx_provider not in ("auto", "cpu", "cuda"):
             raise InvalidInputError(f"onnx_provider: {self.onnx_provider!r}; use 'auto', 'cpu' or 'cuda'")
 

@@ -42,16 +42,17 @@ class VoicePrompt:
 
 
 def encode_voice(comps: Components, wav: torch.Tensor, sample_rate: int, *, dither: float,
-                 generator: Optional[torch.Generator] = None) -> VoicePrompt:
+                 generator: Optional[torch.Generator] = None, resampler: str = "sinc") -> VoicePrompt:
     """wav [C, N] float32 at `sample_rate` (>= 16 kHz) -> VoicePrompt.
 
-    `dither` and `generator` drive the vq02 fbank dither (upstream: 1.0, unseeded).
+    `dither` and `generator` drive the vq02 fbank dither (upstream: 1.0, unseeded);
+    `resampler` is "sinc" (upstream-exact) or "soxr".
     """
     t0 = time.perf_counter()
     peak = float(wav.abs().max()) if wav.numel() else 0.0
     if peak < SILENCE_PEAK:
         raise InvalidInputError(f"prompt audio is silent (peak {peak:.2g}); it must contain speech")
-    prompt = preprocess_prompt(wav, sample_rate, comps.mel)
+    prompt = preprocess_prompt(wav, sample_rate, comps.mel, resampler=resampler)
     t1 = time.perf_counter()
     vq02 = _vq02_codes(comps, prompt.wav16_trimmed, dither, generator)
     t2 = time.perf_counter()

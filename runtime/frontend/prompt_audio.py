@@ -52,22 +52,25 @@ def preprocess_prompt(
     sample_rate: int,
     mel_config: MelConfig = MelConfig(),
     precision: torch.dtype = torch.float64,
+    resampler: str = "sinc",
 ) -> PromptAudio:
     """Run the whole per-prompt chain on `wav [C, N]` (or `[N]`) at `sample_rate` (>= 16 kHz).
 
     `precision` is the dtype of the spectral computations (see `mel.py`); the signals
-    themselves are float32 exactly as upstream computes them.
+    themselves are float32 exactly as upstream computes them. `resampler`: "sinc"
+    (torchaudio-exact, upstream parity) or "soxr" (libsoxr HQ; faster on long audio, not
+    bit-identical to upstream).
     """
     mono = to_mono(_float32(wav, "wav"))
     guarded, peak = peak_guard(mono)
-    wav16 = tokenizer_wav16(guarded, sample_rate)  # checks the rate before any heavy work
+    wav16 = tokenizer_wav16(guarded, sample_rate, resampler)  # checks the rate before any heavy work
     trimmed, index, window = trim_silence(wav16)
     return PromptAudio(
         wav=guarded,
         sample_rate=sample_rate,
         peak_before_guard=peak,
-        speech_feat=prompt_speech_feat(guarded, sample_rate, mel_config, precision),
-        campplus_fbank=campplus_fbank(guarded, sample_rate, precision),
+        speech_feat=prompt_speech_feat(guarded, sample_rate, mel_config, precision, resampler),
+        campplus_fbank=campplus_fbank(guarded, sample_rate, precision, resampler),
         wav16_norm=wav16,
         trim_index=index,
         trim_window=window,
@@ -89,25 +92,27 @@ def prompt_speech_feat(
     sample_rate: int,
     mel_config: MelConfig = MelConfig(),
     precision: torch.dtype = torch.float64,
+    resampler: str = "sinc",
 ) -> torch.Tensor:
     """The flow model's prompt mel of `wav [1, N]`: resample to the mel rate, then `prompt_mel` -> `[1, T, 80]`."""
-    wav24 = resample(wav, sample_rate, mel_config.sampling_rate, kernel_precision="input")
+    wav24 = resample(wav, sample_rate, mel_config.sampling_rate, method=resampler, kernel_precision="input")
     return prompt_mel(wav24, mel_config, precision)
 
 
-def campplus_fbank(wav: torch.Tensor, sample_rate: int, precision: torch.dtype = torch.float64) -> torch.Tensor:
+def campplus_fbank(wav: torch.Tensor, sample_rate: int, precision: torch.dtype = torch.float64,
+                   resampler: str = "sinc") -> torch.Tensor:
     """CAM++'s input for `wav [1, N]` -> `[1, T, 80]` float32.
 
     16 kHz float signal (not x32768) -> Kaldi fbank (80 bins, povey, dither 0) minus its
     per-bin time mean. The 16 kHz signal is float32 as upstream's; the fbank runs in
     `precision` (see `mel.py`).
     """
-    wav16 = resample(wav, sample_rate, CAMPPLUS_SAMPLE_RATE, kernel_precision="input")
+    wav16 = resample(wav, sample_rate, CAMPPLUS_SAMPLE_RATE, method=resampler, kernel_precision="input")
     feats = kaldi_fbank(wav16.to(precision), CAMPPLUS_SAMPLE_RATE, num_mel_bins=80, dither=0.0)  # feats: [T, 80]
     return (feats - feats.mean(dim=0, keepdim=True))[None].float()
 
 
-def tokenizer_wav16(wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
+def tokenizer_wav16(wav: torch.Tensor, sample_rate: int, resampler: str = "sinc") -> torch.Tensor:
     """The tokenizer's 16 kHz signal `[1, N16]`: resample (float64-built filter), then x / max(max|x|, 0.01) * 0.999.
 
     Rates below 16 kHz are refused, as upstream's `resample_audio` asserts.
@@ -116,7 +121,7 @@ def tokenizer_wav16(wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
         raise InvalidInputError(
             f"sample_rate: prompt audio at {sample_rate} Hz is below the {TOKENIZER_SAMPLE_RATE} Hz the tokenizer needs"
         )
-    wav16 = resample(wav, sample_rate, TOKENIZER_SAMPLE_RATE, kernel_precision="float64")
+    wav16 = resample(wav, sample_rate, TOKENIZER_SAMPLE_RATE, method=resampler, kernel_precision="float64")
     peak = torch.max(torch.abs(wav16))
     # Same operand types as upstream (0-dim tensor, or the python float floor) so the rounding agrees.
     denominator = peak if peak >= 0.01 else 0.01
