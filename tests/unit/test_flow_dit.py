@@ -1,10 +1,10 @@
 """DiT estimator: batching, the streaming chunk path vs a block-causal full pass, bf16."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+
+from random_weights import fill_random_
 
 from editx.models.flow import DiT, DiTConfig, block_causal_mask
 
@@ -13,17 +13,7 @@ CFG = DiTConfig(hidden_size=32, depth=2, num_heads=2, head_dim=16, mlp_ratio=2.0
 
 def make_dit(seed: int = 0) -> DiT:
     """Random weights with realistic scale (adaLN not zeroed, unlike a fresh upstream init)."""
-    dit = DiT(CFG)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in dit.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return dit.eval()
+    return fill_random_(DiT(CFG), seed)
 
 
 def inputs(batch: int, frames: int, seed: int = 1):

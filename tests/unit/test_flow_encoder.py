@@ -1,8 +1,6 @@
 """The flow encoder's streaming path vs its whole-sequence reference, and rel_shift vs upstream's trick."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -10,30 +8,17 @@ from editx.errors import InvalidInputError
 from editx.models.flow import FlowEncoderConfig, UpsampleConformerEncoderV2
 from editx.models.flow.embedding import rel_position_table
 from editx.models.flow.encoder import rel_shift
+from random_weights import fill_random_
 
 # fp32 results of different but equivalent op orders (masked softmax over all keys vs
 # softmax over the cached+chunk keys) differ by a few ulps per layer; values are O(1).
 ATOL = 2e-5
 
 
-def randomized(module: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random weights with realistic scale: matrices N(0, 1/fan_in), norms 1+N(0, .1), vectors N(0, .1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return module.eval()
-
-
 def make_encoder(seed: int = 0, **kw) -> UpsampleConformerEncoderV2:
     cfg = FlowEncoderConfig(**{**dict(input_size=24, output_size=24, attention_heads=3, linear_units=40,
                                       num_blocks=2, num_up_blocks=2), **kw})
-    return randomized(UpsampleConformerEncoderV2(cfg), seed)
+    return fill_random_(UpsampleConformerEncoderV2(cfg), seed)
 
 
 def upstream_style_rel_shift(x: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 
+from random_weights import fill_random_
+
 from editx.errors import InvalidInputError
 from editx.models.flow import FlowConfig, FlowModel, align_prompt_mel, cosine_time_span, reshape_mixed_tokens
 
@@ -13,17 +15,7 @@ N_STEPS = 4
 
 
 def tiny_model(seed: int = 0) -> FlowModel:
-    model = FlowModel(FlowConfig.tiny())
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
+    return fill_random_(FlowModel(FlowConfig.tiny()), seed)
 
 
 def request(n_target: int = 23, n_prompt: int = 14, seed: int = 0):

@@ -2,10 +2,10 @@
 cache truncation, state immutability, and input errors."""
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+
+from random_weights import fill_random_
 
 from editx.errors import InvalidInputError
 from editx.models.flow import (
@@ -25,17 +25,7 @@ N_STEPS = 4  # fewer ODE steps keep the CPU tests fast; the step loop is the sam
 
 
 def tiny_model(seed: int = 0) -> FlowModel:
-    model = FlowModel(FlowConfig.tiny())
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
-            elif "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            else:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
+    return fill_random_(FlowModel(FlowConfig.tiny()), seed)
 
 
 def mixed_ids(n: int, seed: int) -> torch.Tensor:
