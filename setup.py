@@ -72,7 +72,6 @@ setup(
         "torch>=2.4",
         "numpy>=1.24",
         "safetensors>=0.4",
-        "sentencepiece>=0.2",
         "soundfile>=0.12",
         "soxr>=0.3",
         "pyyaml>=6",
