@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError
+from ..layers.attention import paged_alibi_attention
 from ..loading.state_dict import load_checked, read_safetensors_dir, require_file
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -261,6 +262,22 @@ class Step1Attention(nn.Module):
         attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return self._output(attn.view(b, self.num_heads, t, d))
 
+    def forward_paged(self, x: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, batch,
+                      slopes: torch.Tensor, backend: str) -> torch.Tensor:
+        """Packed tokens over the paged KV pool.
+
+        x: [N, C] (all scheduled sequences' new tokens); k_pool/v_pool: [num_blocks, block_size, G, D]
+        (one layer); batch: a `PagedBatch`. The new K/V are written at batch.slot_mapping first.
+        Returns [N, C].
+        """
+        n = x.shape[0]
+        q, k, v = self._project(x[None])  # q [1, H, N, D]; k/v [1, G, N, D]
+        groups, dim = self.num_groups, self.head_dim
+        k_pool.view(-1, groups, dim)[batch.slot_mapping] = k[0].transpose(0, 1)
+        v_pool.view(-1, groups, dim)[batch.slot_mapping] = v[0].transpose(0, 1)
+        out = paged_alibi_attention(q[0].transpose(0, 1), k_pool, v_pool, batch, slopes, backend)  # [N, H, D]
+        return self.o_proj(out.reshape(n, self.num_heads * dim))
+
     def forward_reference(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """Upstream's SDPA fallback path: repeat-interleaved K/V, materialised bias [1, H, T, T]."""
         q, k, v = self._project(x)
@@ -289,6 +306,10 @@ class Step1DecoderLayer(nn.Module):
 
     def forward_reference(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         return self._mlp_block(x + self.self_attn.forward_reference(self.input_layernorm(x), bias))
+
+    def forward_paged(self, x: torch.Tensor, k_pool, v_pool, batch, slopes, backend: str) -> torch.Tensor:
+        h = x + self.self_attn.forward_paged(self.input_layernorm(x), k_pool, v_pool, batch, slopes, backend)
+        return self._mlp_block(h)
 
 
 class Step1Backbone(nn.Module):
@@ -418,6 +439,22 @@ class Step1Model(nn.Module):
         for i, layer in enumerate(self.model.layers):
             h = layer.forward_cached(h, cache.k[i], cache.v[i], batch_index, write_pos, bias)
         return self._logits(self.model.norm(h), logits_at)
+
+    # -- continuous-batching path ----------------------------------------------------------
+    def forward_paged(self, batch, cache, attention_backend: str = "auto") -> torch.Tensor:
+        """Run one packed step (prefill chunks and decode tokens of many sequences) over a paged pool.
+
+        batch: `editx.engine.paged_kv.PagedBatch` (N new tokens of S sequences); cache: `PagedKVCache`
+        (`.k`/`.v` [L, num_blocks, block_size, G, D], written in place). Returns the logits of each
+        sequence's last new token, [S, V] in the model dtype.
+        """
+        if batch.input_ids.dim() != 1:
+            raise InvalidInputError(f"batch.input_ids: expected [N], got {tuple(batch.input_ids.shape)}")
+        slopes = self.slopes(self.device)
+        h = self.model.embed_tokens(batch.input_ids.to(self.device))  # [N, C]
+        for i, layer in enumerate(self.model.layers):
+            h = layer.forward_paged(h, cache.k[i], cache.v[i], batch, slopes, attention_backend)
+        return self.lm_head(self.model.norm(h[batch.logits_indices]))
 
     # -- reference path ------------------------------------------------------------------
     def forward_reference(self, input_ids: torch.Tensor) -> torch.Tensor:
