@@ -26,6 +26,7 @@ from .engine.model_runner import GraphedDecoder
 from .engine.sampling import SamplingParams
 from .engine.token2wav import Token2Wav, to_numpy
 from .engine.voice import VoicePrompt, encode_voice
+from .engine.voice_cache import VoiceCache, audio_key
 from .errors import InvalidInputError
 from .frontend.audio_io import audio_from_array, load_audio
 from .loading.components import Components, check_vocab, load_components
@@ -52,6 +53,7 @@ class Runtime:
         # One fixed start-noise buffer per runtime, as upstream draws one per process (spec §5.6).
         noise = torch.randn(1, components.flow.cfg.output_size, NOISE_FRAMES, generator=gen)
         self.decoder = Token2Wav(components.flow, components.hift, noise.to(config.device), config.n_timesteps)
+        self.voice_cache = VoiceCache(config.voice_cache_bytes)
         self._graphed: Optional[GraphedDecoder] = None
         self._graphed_init = threading.Lock()
         self._logit_bias = None
@@ -96,7 +98,7 @@ class Runtime:
         _check_text(text, "text")
         wav, sr = self._load(prompt_audio, "prompt_audio")
         req = self._request(seed, sampling)
-        voice = self.encode_voice((wav, sr), seed=req.seed)
+        voice = self._voice(wav, sr)
         speaker = clone_speaker_id(prompt_text, wav)
         ids = encode_clone_prompt(self.components.text, text, prompt_text, speaker, voice.token_str)
         return self._synthesize(ids, voice, req, text)
@@ -125,18 +127,34 @@ class Runtime:
             current, current_text = out.to_pcm16_roundtrip(), out.text
         return results
 
-    def encode_voice(self, audio: AudioInput, *, seed: Optional[int] = None) -> VoicePrompt:
-        """Run the front end (vq02 + vq06 codes, prompt mel, x-vector) on one recording."""
+    def encode_voice(self, audio: AudioInput) -> VoicePrompt:
+        """Front-end results (vq02 + vq06 codes, prompt mel, x-vector) of one recording, cached per voice.
+
+        The vq02 dither noise is seeded from the audio's content hash and the runtime seed, so
+        a voice always gets the same codes and the cache is exact.
+        """
         wav, sr = self._load(audio, "audio")
-        gen = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
-        return encode_voice(self.components, wav, sr, dither=self.config.vq02_dither, generator=gen,
-                            resampler=self.config.resampler)
+        return self._voice(wav, sr)
+
+    def _voice(self, wav: torch.Tensor, sr: int) -> VoicePrompt:
+        cfg = self.config
+        key = audio_key(wav, sr, cfg.resampler, cfg.vq02_dither, cfg.seed)
+
+        def compute() -> VoicePrompt:
+            gen = torch.Generator().manual_seed((int(key[:15], 16) + cfg.seed) % 2**63)
+            return encode_voice(self.components, wav, sr, dither=cfg.vq02_dither, generator=gen,
+                                resampler=cfg.resampler)
+
+        voice, hit = self.voice_cache.get_or_compute(key, compute)
+        if hit:
+            self._report("voice cache hit: front end skipped")
+        return voice
 
     # -- internals ----------------------------------------------------------------------
     def _edit_once(self, audio: AudioInput, audio_text: str, edit_type: str, edit_info: Optional[str],
                    text: Optional[str], req: SamplingParams) -> Audio:
         instruction = build_edit_instruction(edit_type, edit_info, audio_text, text)
-        voice = self.encode_voice(audio, seed=req.seed)
+        voice = self.encode_voice(audio)
         ids = encode_edit_prompt(self.components.text, instruction, voice.token_str)
         out_text = text if edit_type == "paralinguistic" else audio_text
         return self._synthesize(ids, voice, req, out_text)

@@ -68,6 +68,7 @@ class RuntimeConfig:
             logged once), 'cpu', or 'cuda' (error if unavailable).
         resampler: prompt-audio resampling: 'sinc' (torchaudio-exact, matches upstream's features)
             or 'soxr' (libsoxr HQ: faster on long audio, features differ slightly from upstream).
+        voice_cache_bytes: memory bound of the per-voice front-end cache (0 disables it).
         cuda_graphs: on CUDA, replay the LLM decode step from CUDA graphs (one capture per
             attention-width bucket); eager decode otherwise.
         progress: print stage progress to stderr on long work.
@@ -86,6 +87,7 @@ class RuntimeConfig:
     audio_only_logits: bool = True
     onnx_provider: str = "auto"
     resampler: str = "sinc"
+    voice_cache_bytes: int = 256 * 2**20
     cuda_graphs: bool = True
     progress: bool = False
 
@@ -103,6 +105,8 @@ class RuntimeConfig:
             raise InvalidInputError(f"n_timesteps: {self.n_timesteps} is outside [1, 1000]")
         if not 16 <= self.max_length <= 65536:
             raise InvalidInputError(f"max_length: {self.max_length} is outside [16, 65536]")
+        if self.voice_cache_bytes < 0:
+            raise InvalidInputError(f"voice_cache_bytes: {self.voice_cache_bytes} must be >= 0")
         if self.resampler not in ("sinc", "soxr"):
             raise InvalidInputError(f"resampler: {self.resampler!r}; use 'sinc' or 'soxr'")
         if self.onnx_provider not in ("auto", "cpu", "cuda"):
