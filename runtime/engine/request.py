@@ -1,0 +1,116 @@
+"""Per-request state of the streaming engine, and next-token selection over any set of requests.
+
+Everything a request owns lives here — its prompt and generated ids, its RNGs, its
+repetition window, its streaming decoder state and its output queue — never on a shared
+model. `select_next_ids` applies upstream's processors (repetition ban → temperature →
+top-k → multinomial, spec §4.5) to whichever requests the scheduler ran this step, each
+with its own generator, so a request draws exactly the ids it would draw alone.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+from .sampling import RepetitionAwareProcessor, SamplingParams, apply_temperature, apply_top_k
+from .token2wav import Token2WavStream
+
+# Terminal states; a request ends in exactly one of them.
+FINISHED, CANCELLED, FAILED = "finished", "cancelled", "failed"
+
+
+@dataclass(eq=False)
+class Request:
+    """One clone/edit request as the engine sees it.
+
+    prompt_ids: the LLM prompt. generated: every generated id (upstream later drops the last,
+    so only generated[:-1] ever reaches the decoder). decoded: ids already fed to `t2w`.
+    out: AudioChunk / exception / None (end) items for the caller's iterator.
+    """
+
+    id: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    generator: torch.Generator
+    t2w: Token2WavStream
+    text: str
+    priority: int = 0
+    generated: list[int] = field(default_factory=list)
+    decoded: int = 0
+    chunks_out: int = 0
+    samples_out: int = 0
+    state: str = "waiting"
+    stop_reason: Optional[str] = None
+    error: Optional[BaseException] = None
+    out: "queue.Queue" = field(default_factory=queue.Queue)
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    first_audio_at: Optional[float] = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in (FINISHED, CANCELLED, FAILED)
+
+    @property
+    def new_token_limit(self) -> int:
+        return self.params.new_token_limit(len(self.prompt_ids))
+
+    @property
+    def llm_finished(self) -> bool:
+        """True once the LLM has produced its last id (stop id or length limit)."""
+        return self.stop_reason is not None
+
+    def ready_ids(self) -> list[int]:
+        """Kept ids not yet fed to the decoder: all generated ids but the newest (which may be
+        the dropped last one) while running; everything but the last once the LLM finished."""
+        kept = len(self.generated) - 1
+        return self.generated[self.decoded:max(kept, self.decoded)]
+
+    def history_tail(self, window: int) -> list[int]:
+        """The last `window` ids of prompt + generated (the repetition processor's window)."""
+        need = window - len(self.generated)
+        head = self.prompt_ids[-need:] if need > 0 else []
+        return head + self.generated[-window:]
+
+    def seen(self) -> int:
+        return len(self.prompt_ids) + len(self.generated)
+
+
+def select_next_ids(logits: torch.Tensor, requests: Sequence[Request],
+                    logit_bias: Optional[torch.Tensor] = None) -> list[int]:
+    """Next id for each request from its row of `logits` [S, V] (fp32 or model dtype).
+
+    Same math as `sampling.Sampler`, with rows assembled per step from each request's own
+    history, parameters and generator (requests of one step may differ in all three).
+    """
+    scores = logits.float()
+    if logit_bias is not None:
+        scores = scores + logit_bias
+    device = scores.device
+    windows = {r.params.repetition_window for r in requests}
+    thresholds = {r.params.repetition_threshold for r in requests}
+    if len(windows) == 1 and len(thresholds) == 1:
+        scores = _ban_repeats(scores, requests, windows.pop(), thresholds.pop())
+    else:  # rare: per-request processor settings differ; apply row by row
+        scores = torch.cat([_ban_repeats(scores[i:i + 1], [r], r.params.repetition_window,
+                                         r.params.repetition_threshold) for i, r in enumerate(requests)])
+    out = []
+    for i, r in enumerate(requests):
+        row = scores[i:i + 1]
+        if r.params.greedy:
+            out.append(row.argmax(dim=-1))
+            continue
+        warped = apply_top_k(apply_temperature(row, float(r.params.temperature)), int(r.params.top_k))
+        out.append(torch.multinomial(torch.softmax(warped, dim=-1), 1, generator=r.generator).view(1))
+    return torch.cat(out).to(device="cpu").tolist()
+
+
+def _ban_repeats(scores: torch.Tensor, requests: Sequence[Request], window: int, threshold: float) -> torch.Tensor:
+    rows = [[-1] * (window - len(t)) + t for t in (r.history_tail(window) for r in requests)]
+    recent = torch.tensor(rows, dtype=torch.long, device=scores.device)
+    seen = torch.tensor([r.seen() for r in requests], dtype=torch.long, device=scores.device)
+    return RepetitionAwareProcessor(window, threshold).apply(recent, seen, scores)
