@@ -1,0 +1,224 @@
+"""The streaming engine: continuous batching of the LLM over a paged KV pool, interleaved with
+per-stream token2wav chunks, all planned by the C++ scheduler.
+
+One engine step (`Engine.step`):
+  1. `plan = scheduler.step(now)`: which prefill chunks and decodes run, their block tables,
+     copy-on-write copies, preemptions, the decoder items (most urgent first), ended requests;
+  2. one packed forward over the paged pool (`Step1Model.forward_paged`) for every scheduled
+     sequence, then next-token selection per request (its own processors and generator);
+  3. each decoder item feeds its request's generated ids to the request's `Token2WavStream`
+     and puts the finished `AudioChunk`s on the request's output queue.
+So the first chunk of a stream leaves as soon as its tokens exist while other streams keep
+decoding. A background thread runs steps while requests are active; callers submit and
+cancel from any thread. Requests keep all their state in `Request` objects; the models are
+shared read-only.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import EditXError
+from ..types import AudioChunk
+from .paged_kv import PagedBatch, PagedKVCache, SequenceChunk
+from .request import CANCELLED, FAILED, FINISHED, Request, select_next_ids
+from .scheduler import DecoderKind, FinishReason, SchedulerConfig, make_scheduler
+
+log = logging.getLogger("editx")
+OUTPUT_RATE = 24000
+AUDIO_ID_BASE = 65536  # LLM id of <audio_0>; the decoder takes mixed ids (LLM id - 65536)
+
+
+class Engine:
+    """Continuous-batching LLM + streaming decoder over shared models (see module doc)."""
+
+    def __init__(self, llm, sched_config: SchedulerConfig, logit_bias: Optional[torch.Tensor] = None,
+                 scheduler_impl: str = "cpp", attention_backend: str = "auto") -> None:
+        self.llm = llm
+        self.config = sched_config
+        self.scheduler = make_scheduler(sched_config, scheduler_impl)
+        self.cache = PagedKVCache.for_model(llm, sched_config.num_blocks, sched_config.block_size)
+        self.logit_bias = logit_bias
+        self.attention_backend = attention_backend
+        self._requests: dict[int, Request] = {}
+        self._lock = threading.Lock()          # guards _requests
+        self._wake = threading.Condition()
+        self._thread: Optional[threading.Thread] = None
+        self._stopping = False
+        self.steps = 0
+
+    # -- submission (any thread) -----------------------------------------------------------
+    def submit(self, req: Request) -> int:
+        """Queue a request; returns its id. The engine thread starts if it is not running."""
+        with self._lock:
+            rid = self.scheduler.submit(req.prompt_ids, arrival=time.monotonic(), priority=req.priority)
+            req.id = rid
+            req.state = "waiting"
+            self._requests[rid] = req
+        self._ensure_thread()
+        with self._wake:
+            self._wake.notify()
+        return rid
+
+    def cancel(self, req: Request) -> None:
+        """End `req` now: its blocks are freed by the next step, its stream gets no more chunks."""
+        req.cancel_event.set()
+        if not req.done:
+            self.scheduler.cancel(req.id)
+        with self._wake:
+            self._wake.notify()
+
+    def active(self) -> int:
+        with self._lock:
+            return len(self._requests)
+
+    def stats(self) -> dict:
+        return {**self.scheduler.stats(), "engine_steps": self.steps, "active_requests": self.active()}
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="editx-engine", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            with self._wake:
+                while not self._stopping and self.active() == 0:
+                    self._wake.wait(timeout=0.5)
+            if self._stopping:
+                return
+            try:
+                self.step(time.monotonic())
+            except Exception as exc:  # a failure of the shared step fails every live request
+                log.exception("engine step failed")
+                self._fail_all(exc)
+
+    def shutdown(self) -> None:
+        """Stop the engine thread (pending requests are cancelled)."""
+        for req in list(self._requests.values()):
+            self.cancel(req)
+        self._stopping = True
+        with self._wake:
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def run_until_idle(self, max_steps: int = 1_000_000) -> None:
+        """Drive steps on the calling thread until no request is active (tests, benchmarks)."""
+        for _ in range(max_steps):
+            if self.active() == 0:
+                return
+            self.step(time.monotonic())
+        raise EditXError(f"engine still busy after {max_steps} steps")
+
+    # -- one step ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, now: float) -> None:
+        plan = self.scheduler.step(now)
+        self.steps += 1
+        for rid, reason in plan.ended:
+            self._end(rid, int(reason))
+        if len(plan.copies):
+            self.cache.copy_blocks([tuple(p) for p in plan.copies.tolist()])
+        if len(plan.scheduled_req_ids):
+            self._run_llm(plan)
+        for item in plan.decoder:
+            self._run_decoder(item, now)
+
+    def _run_llm(self, plan) -> None:
+        chunks, sample_rows = [], []
+        n_prefill = len(plan.prefill_req_ids)
+        for i, rid in enumerate(plan.scheduled_req_ids.tolist()):
+            req = self._requests[rid]
+            ids = req.prompt_ids + req.generated
+            end = int(plan.context_lens[i])
+            count = int(plan.prefill_counts[i]) if i < n_prefill else 1
+            chunks.append(SequenceChunk(ids[end - count:end], end - count, plan.block_table(i).tolist()))
+            if i >= n_prefill or bool(plan.prefill_is_last[i]):
+                sample_rows.append(i)
+        batch = PagedBatch.build(chunks, self.cache.block_size, self.llm.device)
+        logits = self.llm.forward_paged(batch, self.cache, self.attention_backend)
+        if not sample_rows:
+            return
+        reqs = [self._requests[int(plan.scheduled_req_ids[i])] for i in sample_rows]
+        next_ids = select_next_ids(logits[sample_rows], reqs, self.logit_bias)
+        self.scheduler.append_batch([r.id for r in reqs], next_ids)
+        for req, tok in zip(reqs, next_ids):
+            req.generated.append(tok)
+            req.state = "running"
+            self._check_stop(req, tok)
+
+    def _check_stop(self, req: Request, tok: int) -> None:
+        if tok == req.params.stop_id:
+            req.stop_reason = "stop_id"
+            self.scheduler.finish(req.id, FinishReason.EOS)
+        elif len(req.generated) >= req.new_token_limit:
+            req.stop_reason = "length"
+            self.scheduler.finish(req.id, FinishReason.LENGTH)
+
+    def _run_decoder(self, item, now: float) -> None:
+        req = self._requests.get(item.req_id)
+        if req is None or req.cancel_event.is_set():
+            return
+        try:
+            ids = [t - AUDIO_ID_BASE for t in req.generated[item.start:item.start + item.num_feed]]
+            chunks = req.t2w.push(ids, last=bool(item.is_last))
+            req.decoded = item.start + item.num_feed
+            for k, audio in enumerate(chunks):
+                last = bool(item.is_last) and k == len(chunks) - 1
+                self._emit(req, audio, last)
+            if item.is_last and not chunks:
+                self._emit(req, torch.zeros(0), True)
+            seconds = sum(c.numel() for c in chunks) / OUTPUT_RATE
+        except Exception as exc:  # this stream fails; the others continue
+            self._fail(req, exc)
+            return
+        self.scheduler.decoder_done(req.id, seconds, time.monotonic())
+
+    def _emit(self, req: Request, audio: torch.Tensor, last: bool) -> None:
+        samples = np.ascontiguousarray(audio.detach().float().cpu().numpy().reshape(-1), dtype=np.float32)
+        if req.first_audio_at is None and samples.size:
+            req.first_audio_at = time.perf_counter()
+        req.out.put(AudioChunk(samples, OUTPUT_RATE, req.chunks_out, last))
+        req.chunks_out += 1
+        req.samples_out += samples.size
+
+    # -- endings ----------------------------------------------------------------------------
+    def _end(self, rid: int, reason: int) -> None:
+        with self._lock:
+            req = self._requests.pop(rid, None)
+        if req is None:
+            return
+        if reason == FinishReason.CANCELLED:
+            req.state = CANCELLED
+        elif reason == FinishReason.ERROR:
+            req.state = FAILED
+        else:
+            req.state = FINISHED
+            if req.chunks_out == 0 or not _ended_with_last(req):
+                # no decoder item ever ran (fewer than 5 audio ids): still end the stream properly
+                self._emit(req, torch.zeros(0), True)
+        req.out.put(None)
+
+    def _fail(self, req: Request, exc: BaseException) -> None:
+        req.error = exc
+        self.scheduler.finish(req.id, FinishReason.ERROR)
+        req.out.put(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            live = list(self._requests.values())
+        for req in live:
+            if not req.done:
+                self._fail(req, exc)
+
+
+def _ended_with_last(req: Request) -> bool:
+    return req.t2w.finished
