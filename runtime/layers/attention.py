@@ -1,17 +1,37 @@
 """Attention building blocks that dispatch between Triton kernels and their PyTorch references.
 
-`paged_alibi_attention` is Step1's attention over the paged KV pool (layout in
-`editx.kernels.paged_alibi_attention`). Backend choice: "reference" (plain PyTorch, any
-device), "triton" (CUDA, or the Triton interpreter), or "auto" (Triton on CUDA when the
-kernel is available, the reference otherwise).
+* `paged_alibi_attention`: Step1 over the paged KV pool (layout in `editx.kernels.paged_alibi_attention`).
+* `cached_alibi_attention`: Step1 over one layer of the static cache [B, G, S, D] (engine path,
+  CUDA-graphed decode). `alibi_uses_triton` tells the model beforehand whether the reference
+  (which needs the materialised bias) or the kernel (which computes it) will run.
+* `dit_attention`: the flow DiT's q/k-LayerNorm attention, offline or over a streaming cache.
+
+Backends: see `editx.layers.backend` ("auto" = Triton on CUDA tensors, the reference otherwise).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from editx.kernels.paged_alibi_attention import paged_alibi_attention_ref
+from editx.kernels import dit_attention as dit_kernels
+from editx.kernels import paged_alibi_attention as alibi_kernels
 
-BACKENDS = ("auto", "reference", "triton")
+from .backend import use_triton
+
+
+# =======================================================================================
+# Step1 (sqrt-ALiBi GQA)
+# =======================================================================================
+def _alibi_unsupported(head_dim: int) -> str | None:
+    if head_dim < 16 or head_dim & (head_dim - 1):
+        return f"head dim {head_dim} is not a power of two >= 16"
+    return None
+
+
+def alibi_uses_triton(device: torch.device, head_dim: int, backend: str = "auto") -> bool:
+    """Whether Step1's attention runs the Triton kernel for tensors on `device` (resolved once per forward)."""
+    return use_triton("alibi_attention", device, backend, _alibi_unsupported(head_dim),
+                      alibi_kernels._alibi_attention_kernel)
 
 
 def paged_alibi_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch, slopes: torch.Tensor,
@@ -20,7 +40,72 @@ def paged_alibi_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
 
     Returns [N, H, D].
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"attention backend {backend!r}; use one of {BACKENDS}")
-    return paged_alibi_attention_ref(q, k_cache, v_cache, batch.block_tables, batch.seq_lens, batch.cu_seqlens_q,
-                                     batch.positions, slopes)
+    args = (q, k_cache, v_cache, batch.block_tables, batch.seq_lens, batch.cu_seqlens_q, batch.positions, slopes)
+    if alibi_uses_triton(q.device, q.shape[-1], backend):
+        return alibi_kernels.paged_alibi_attention(*args)
+    return alibi_kernels.paged_alibi_attention_ref(*args)
+
+
+def cached_alibi_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, positions: torch.Tensor,
+                           key_len: int, slopes: torch.Tensor, bias: torch.Tensor | None = None,
+                           backend: str = "auto") -> torch.Tensor:
+    """Step1 attention over the first `key_len` slots of one static-cache layer.
+
+    q [B, T, H, D]; k_cache/v_cache [B, G, S, D] (this step's K/V already written); positions
+    [B, T] absolute query positions (< key_len); slopes [H] fp32; bias: the reference's
+    [B, H, T, key_len] sqrt-ALiBi bias in q's dtype, shared by all layers (built here when
+    None and the reference runs). Returns [B, T, H, D].
+    """
+    if alibi_uses_triton(q.device, q.shape[-1], backend):
+        return alibi_kernels.contiguous_alibi_attention(q, k_cache, v_cache, positions, key_len, slopes)
+    if bias is None:
+        bias = torch.stack([alibi_kernels.sqrt_alibi_bias(slopes, row, key_len, q.dtype) for row in positions])
+    out = alibi_kernels.contiguous_alibi_attention_ref(q.transpose(1, 2), k_cache, v_cache, bias)
+    return out.transpose(1, 2)
+
+
+# =======================================================================================
+# DiT
+# =======================================================================================
+def _dit_unsupported(q: torch.Tensor, mask: torch.Tensor | None, cache) -> str | None:
+    dim = q.shape[-1]
+    if dim < 16 or dim & (dim - 1):
+        return f"head dim {dim} is not a power of two >= 16"
+    if mask is not None and (mask.dim() != 3 or mask.shape[1] != 1):
+        return f"mask of shape {tuple(mask.shape)}: the kernel takes key-padding masks [B, 1, T] only"
+    if mask is not None and cache is not None:
+        return "a mask together with a cache (streaming chunks attend without a mask)"
+    return None
+
+
+def dit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_norm: tuple, k_norm: tuple,
+                  mask: torch.Tensor | None = None, cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DiT attention with per-head q/k LayerNorm.
+
+    q, k, v [B, T, H, D] raw projections (views of the Linear outputs); q_norm/k_norm =
+    (weight [D], bias [D], eps); mask [B, 1|T, Tk] bool (True = attend) or None; cache (k, v)
+    [B, H, Tc, D] (normalised keys of earlier chunks) or None.
+    Returns (out [B, T, H·D], keys, values [B, H, T+Tc, D] with this call's frames first).
+    """
+    b, t, h, d = q.shape
+    if use_triton("dit_attention", q.device, backend, _dit_unsupported(q, mask, cache),
+                  dit_kernels._dit_attention_kernel):
+        key_mask = None if mask is None else mask[:, 0, :]
+        if cache is None:
+            keys = torch.empty(b, h, t, d, dtype=q.dtype, device=q.device)
+            out = dit_kernels.dit_attention(q, k, v, q_norm, k_norm, key_mask, k_out=keys)
+            return out.view(b, t, h * d), keys, v.transpose(1, 2)
+        keys = torch.empty(b, h, t + cache[0].shape[2], d, dtype=q.dtype, device=q.device)
+        keys[:, :, t:].copy_(cache[0])
+        out = dit_kernels.dit_attention(q, k, v, q_norm, k_norm, None, cache[0], cache[1], k_out=keys[:, :, :t])
+        return out.view(b, t, h * d), keys, torch.cat([v.transpose(1, 2), cache[1]], dim=2)
+    # Reference: upstream's ops (LayerNorm per head, keys prepended to the cache, SDPA).
+    qh = F.layer_norm(q.transpose(1, 2), (d,), *q_norm)
+    kh = F.layer_norm(k.transpose(1, 2), (d,), *k_norm)
+    vh = v.transpose(1, 2)
+    if cache is not None:
+        kh = torch.cat([kh, cache[0]], dim=2)
+        vh = torch.cat([vh, cache[1]], dim=2)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=None if mask is None else mask.unsqueeze(1))
+    return out.transpose(1, 2).reshape(b, t, h * d), kh, vh

@@ -12,6 +12,10 @@ Two forward paths:
   synchronisation and no data-dependent shapes, so it can be captured in a CUDA graph.
 * `forward_reference(input_ids)` — upstream's math verbatim: a full causal forward with
   the materialised [H, T, T] bias and repeat-interleaved K/V. For tests.
+
+Attention (bias computed in-kernel, GQA without repeating K/V), RMSNorm (fused with the residual
+add before it) and the SwiGLU gate dispatch through `editx.layers`: Triton kernels on CUDA, the
+PyTorch references elsewhere (`editx.layers.set_kernel_backend` forces either).
 """
 from __future__ import annotations
 
@@ -26,7 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, InvalidInputError
-from ..layers.attention import paged_alibi_attention
+from ..layers.activations import swiglu
+from ..layers.attention import alibi_uses_triton, cached_alibi_attention, paged_alibi_attention
+from ..layers.norms import add_rms_norm, rms_norm
 from ..loading.state_dict import load_checked, read_safetensors_dir, require_file
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -184,10 +190,8 @@ class Step1RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [..., C]
-        var = x.float().pow(2).mean(-1, keepdim=True)
-        x = x * torch.rsqrt(var + self.eps).to(x.dtype)
-        return x * self.weight
+        # x: [..., C]; Triton kernel on CUDA (editx.layers.norms)
+        return rms_norm(x, self.weight, self.eps)
 
 
 class Step1MLP(nn.Module):
@@ -200,7 +204,7 @@ class Step1MLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class Step1Attention(nn.Module):
@@ -237,30 +241,26 @@ class Step1Attention(nn.Module):
         v_cache: torch.Tensor,
         batch_index: torch.Tensor,
         write_pos: torch.Tensor,
-        bias: torch.Tensor,
+        bias: torch.Tensor | None,
+        slopes: torch.Tensor | None = None,
+        key_len: int | None = None,
     ) -> torch.Tensor:
         """Write this step's K/V into the layer cache, then attend over its first K slots.
 
         x: [B, T, C]; k_cache/v_cache: [B, G, S, D] (one layer of the static cache);
         batch_index: [B, 1]; write_pos: [B, T] absolute positions of the new tokens;
-        bias: [B, H, T, K] (K ≤ S). Returns [B, T, C].
+        bias: [B, H, T, K] (K ≤ S) for the reference attention, or None to run the Triton
+        kernel, which computes the bias from `slopes` [H] over `key_len` = K slots. Returns [B, T, C].
         """
         q, k, v = self._project(x)
         # Advanced indices around a slice: k_cache[b, :, p] addresses [B, T, G, D].
         k_cache[batch_index, :, write_pos] = k.transpose(1, 2)
         v_cache[batch_index, :, write_pos] = v.transpose(1, 2)
-        key_len = bias.shape[-1]
-        keys, values = k_cache[:, :, :key_len], v_cache[:, :, :key_len]  # [B, G, K, D] views
-        # GQA without repeating K/V: the heads of one group share its keys, so fold them
-        # into the query axis ([B, H, T, D] -> [B, G, hpg*T, D], head h = g*hpg + r) and
-        # give each folded row its own head's bias. Exact, and any SDPA backend that takes
-        # an additive mask can run it.
         b, _, t, d = q.shape
-        per_group = self.num_heads // self.num_groups
-        q = q.reshape(b, self.num_groups, per_group * t, d)
-        mask = bias.reshape(bias.shape[0], self.num_groups, per_group * t, key_len)
-        attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        return self._output(attn.view(b, self.num_heads, t, d))
+        key_len = bias.shape[-1] if bias is not None else key_len
+        attn = cached_alibi_attention(q.transpose(1, 2), k_cache, v_cache, write_pos, key_len, slopes, bias,
+                                      backend="reference" if bias is not None else "triton")  # [B, T, H, D]
+        return self.o_proj(attn.reshape(b, t, self.num_heads * d))
 
     def forward_paged(self, x: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, batch,
                       slopes: torch.Tensor, backend: str) -> torch.Tensor:
@@ -300,16 +300,24 @@ class Step1DecoderLayer(nn.Module):
     def _mlp_block(self, h: torch.Tensor) -> torch.Tensor:
         return h + self.mlp(self.post_attention_layernorm(h))
 
-    def forward_cached(self, x: torch.Tensor, k_cache, v_cache, batch_index, write_pos, bias) -> torch.Tensor:
-        h = x + self.self_attn.forward_cached(self.input_layernorm(x), k_cache, v_cache, batch_index, write_pos, bias)
-        return self._mlp_block(h)
+    def _residual_mlp_block(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        # `_mlp_block(x + attn)` with the add and the RMSNorm in one pass (fused on CUDA)
+        norm = self.post_attention_layernorm
+        y, h = add_rms_norm(x, attn, norm.weight, norm.eps)
+        return h + self.mlp(y)
+
+    def forward_cached(self, x: torch.Tensor, k_cache, v_cache, batch_index, write_pos, bias, slopes=None,
+                       key_len=None) -> torch.Tensor:
+        attn = self.self_attn.forward_cached(self.input_layernorm(x), k_cache, v_cache, batch_index, write_pos, bias,
+                                             slopes, key_len)
+        return self._residual_mlp_block(x, attn)
 
     def forward_reference(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return self._mlp_block(x + self.self_attn.forward_reference(self.input_layernorm(x), bias))
+        return self._residual_mlp_block(x, self.self_attn.forward_reference(self.input_layernorm(x), bias))
 
     def forward_paged(self, x: torch.Tensor, k_pool, v_pool, batch, slopes, backend: str) -> torch.Tensor:
-        h = x + self.self_attn.forward_paged(self.input_layernorm(x), k_pool, v_pool, batch, slopes, backend)
-        return self._mlp_block(h)
+        return self._residual_mlp_block(x, self.self_attn.forward_paged(self.input_layernorm(x), k_pool, v_pool, batch,
+                                                                        slopes, backend))
 
 
 class Step1Backbone(nn.Module):
@@ -433,11 +441,14 @@ class Step1Model(nn.Module):
         positions = positions.to(device=device, dtype=torch.long)
         write_pos = positions[:, None] + torch.arange(steps, device=device)  # [B, T]
         batch_index = torch.arange(batch, device=device)[:, None]  # [B, 1]
-        bias = alibi_bias_for_positions(self.slopes(device), write_pos, key_len, self.dtype)
+        slopes = self.slopes(device)
+        # The Triton kernel computes the bias itself; the reference needs it materialised (once, all layers).
+        use_kernel = alibi_uses_triton(device, self.config.head_dim)
+        bias = None if use_kernel else alibi_bias_for_positions(slopes, write_pos, key_len, self.dtype)
 
         h = self.model.embed_tokens(input_ids.to(device))  # [B, T, C]
         for i, layer in enumerate(self.model.layers):
-            h = layer.forward_cached(h, cache.k[i], cache.v[i], batch_index, write_pos, bias)
+            h = layer.forward_cached(h, cache.k[i], cache.v[i], batch_index, write_pos, bias, slopes, key_len)
         return self._logits(self.model.norm(h), logits_at)
 
     # -- continuous-batching path ----------------------------------------------------------

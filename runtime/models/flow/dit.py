@@ -9,6 +9,9 @@ so attention over cached frames does not care where the cache keeps them.
 `forward_chunk` runs one streaming chunk: attention sees the chunk plus cached
 keys/values (new keys are *prepended*, as upstream, which matters for cache
 truncation) and each causal conv continues from its cached last input frames.
+
+The q/k-LayerNorm attention and the adaLN LayerNorm + modulate (+ gated residual) dispatch
+through `editx.layers`: fused Triton kernels on CUDA, the PyTorch references elsewhere.
 """
 from __future__ import annotations
 
@@ -19,13 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...layers.attention import dit_attention
+from ...layers.norms import adaln_modulate
 from .config import DiTConfig
 
 _CONV_KERNEL = 3
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
 
 
 class TimestepEmbedder(nn.Module):
@@ -60,10 +61,6 @@ class DiTAttention(nn.Module):
         self.k_norm = nn.LayerNorm(head_dim)
         self.proj = nn.Linear(inner, dim)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-
     def forward(
         self,
         x: torch.Tensor,
@@ -73,15 +70,14 @@ class DiTAttention(nn.Module):
         """x `[B, T, D]`; mask `[B, 1|T, Tk]` bool (True = attend) or None; cache (k, v) `[B, H, Tc, hd]`.
 
         Returns (out `[B, T, D]`, keys, values `[B, H, T+Tc, hd]` with this call's frames first).
+        q/k LayerNorm + attention run fused in one Triton kernel on CUDA (editx.layers.attention).
         """
-        q = self.q_norm(self._heads(self.to_q(x)))
-        k = self.k_norm(self._heads(self.to_k(x)))
-        v = self._heads(self.to_v(x))
-        if cache is not None:
-            k = torch.cat([k, cache[0]], dim=2)
-            v = torch.cat([v, cache[1]], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.unsqueeze(1))
-        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+        b, t, _ = x.shape
+        heads = (b, t, self.n_heads, self.head_dim)  # [B, T, H, hd] views of the projections
+        out, k, v = dit_attention(
+            self.to_q(x).view(heads), self.to_k(x).view(heads), self.to_v(x).view(heads),
+            (self.q_norm.weight, self.q_norm.bias, self.q_norm.eps),
+            (self.k_norm.weight, self.k_norm.bias, self.k_norm.eps), mask, cache)
         return self.proj(out), k, v
 
 
@@ -164,14 +160,19 @@ class DiTBlock(nn.Module):
         att_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
         conv_cache: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x `[B, T, D]`, c `[B, 1, D]` → (x, keys, values, conv cache)."""
+        """x `[B, T, D]`, c `[B, 1, D]` → (x, keys, values, conv cache).
+
+        Each `adaln_modulate` is modulate(norm(x)) after the previous branch's gated residual
+        (one fused kernel on CUDA): x += g·branch; y = LN(x)·(1 + scale) + shift.
+        """
         (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp,
          shift_conv, scale_conv, gate_conv) = self.adaLN_modulation(c).chunk(9, dim=-1)
-        att, k, v = self.attn(modulate(self.norm1(x), shift_msa, scale_msa), mask, att_cache)
-        x = x + gate_msa * att
-        conv, conv_cache = self.conv(modulate(self.norm3(x), shift_conv, scale_conv), conv_cache)
-        x = x + gate_conv * conv
-        x = x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        y, _ = adaln_modulate(x, shift_msa, scale_msa, self.norm1.eps)
+        att, k, v = self.attn(y, mask, att_cache)
+        y, x = adaln_modulate(x, shift_conv, scale_conv, self.norm3.eps, residual=att, gate=gate_msa)
+        conv, conv_cache = self.conv(y, conv_cache)
+        y, x = adaln_modulate(x, shift_mlp, scale_mlp, self.norm2.eps, residual=conv, gate=gate_conv)
+        x = x + gate_mlp * self.mlp(y)
         return x, k, v, conv_cache
 
 
@@ -184,7 +185,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return self.linear(adaln_modulate(x, shift, scale, self.norm_final.eps)[0])
 
 
 class DiT(nn.Module):

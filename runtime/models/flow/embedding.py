@@ -6,6 +6,8 @@ import math
 import torch
 from torch import nn
 
+from ...layers.embedding import dual_codebook_embedding
+
 
 class DualCodebookEmbedding(nn.Module):
     """One shared table for both codebooks; a frame's vector is [E[vq02] | E[vq06]].
@@ -18,8 +20,8 @@ class DualCodebookEmbedding(nn.Module):
         self.embedding = nn.Embedding(vocab_size, dim // 2)
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
-        """pairs `[B, T, 2]` int → `[B, T, dim]`."""
-        return torch.cat([self.embedding(pairs[..., 0]), self.embedding(pairs[..., 1])], dim=-1)
+        """pairs `[B, T, 2]` int → `[B, T, dim]` (both gathers + concat in one Triton kernel on CUDA)."""
+        return dual_codebook_embedding(pairs, self.embedding.weight)
 
 
 def rel_position_table(size: int, d_model: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
