@@ -94,9 +94,8 @@ def _load_install(path: Path, config: RuntimeConfig) -> Components:
     files = resolve_layout(path)
     dev = config.device
     llm, _ = load_step1(files.llm_dir, dev, config.dtype)
-    flow, _ = load_flow(files.cosyvoice_dir, dev, config.decoder_dtype)
-    hift = load_hift(files.cosyvoice_dir, device=dev, dtype=config.decoder_dtype)
-    vq02, vq02_cfg = load_paraformer_encoder(files.paraformer_dir, dev, config.frontend_dtype)
+    flow, hift, vq02 = _install_stage_models(files, config)
+    vq02_cfg = vq02.cfg
     para_yaml = read_yaml(files.paraformer_dir / "config.yaml", "vq02 config.yaml")
     cosy_yaml = read_yaml(files.cosyvoice_dir / "cosyvoice.yaml", "cosyvoice.yaml")
     return Components(
@@ -113,6 +112,25 @@ def _load_install(path: Path, config: RuntimeConfig) -> Components:
         mel=MelConfig.from_mel_conf(node(cosy_yaml, "mel_conf", what="cosyvoice.yaml")),
         source=str(path),
     )
+
+
+def _install_stage_models(files, config: RuntimeConfig):
+    dev = config.device
+    flow, _ = load_flow(files.cosyvoice_dir, dev, config.decoder_dtype)
+    hift = load_hift(files.cosyvoice_dir, device=dev, dtype=config.decoder_dtype)
+    vq02, _ = load_paraformer_encoder(files.paraformer_dir, dev, config.frontend_dtype)
+    return flow, hift, vq02
+
+
+def load_stage_models(source: str | Path, config: RuntimeConfig) -> tuple[FlowModel, HiFTGenerator, SANMStreamingEncoder]:
+    """Only (flow, HiFT, vq02 encoder), built exactly as `load_components` builds them (no LLM):
+    what `editx export` needs."""
+    name = str(source)
+    if name.startswith("dummy:"):
+        if name not in DUMMY_PRESETS:
+            raise InvalidInputError(f"model: unknown preset {name!r}; use one of {', '.join(DUMMY_PRESETS)} or a path")
+        return _dummy_stage_models(dummy_spec(name), config)
+    return _install_stage_models(resolve_layout(Path(name)), config)
 
 
 def _graph(model: Path | bytes, config: RuntimeConfig, what: str) -> OnnxGraph:
@@ -144,9 +162,7 @@ def _build_dummy(name: str, config: RuntimeConfig) -> Components:
         log.warning("dummy:full on CPU allocates ~%.0f GB and runs very slowly; it is meant for GPU benchmarks",
                     7 if config.dtype != torch.float32 else 14)
     llm = randomize_(build_step1(spec.llm, dev, config.dtype), seed, depth=spec.llm.num_hidden_layers)
-    flow = _random(FlowModel(spec.flow), dev, config.decoder_dtype, seed + 1, spec.flow.dit.depth)
-    hift = _random(HiFTGenerator(spec.hift), dev, config.decoder_dtype, seed + 2, 3)
-    vq02 = _random(SANMStreamingEncoder(spec.vq02), dev, config.frontend_dtype, seed + 3, spec.vq02.num_blocks)
+    flow, hift, vq02 = _dummy_stage_models(spec, config)
     gen = torch.Generator().manual_seed(seed + 4)
     centroids = torch.randn(1024, spec.vq02.output_size, generator=gen).to(dev)
     return Components(
@@ -164,6 +180,14 @@ def _build_dummy(name: str, config: RuntimeConfig) -> Components:
         source=name,
         default_max_new_tokens=spec.max_new_tokens,
     )
+
+
+def _dummy_stage_models(spec: DummySpec, config: RuntimeConfig):
+    dev, seed = config.device, config.seed
+    flow = _random(FlowModel(spec.flow), dev, config.decoder_dtype, seed + 1, spec.flow.dit.depth)
+    hift = _random(HiFTGenerator(spec.hift), dev, config.decoder_dtype, seed + 2, 3)
+    vq02 = _random(SANMStreamingEncoder(spec.vq02), dev, config.frontend_dtype, seed + 3, spec.vq02.num_blocks)
+    return flow, hift, vq02
 
 
 def _random(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int, depth: int):
