@@ -2,8 +2,8 @@
 
 Maps the source folders onto one import package:
     runtime/ -> editx, kernels/ -> editx.kernels, export/ -> editx.export
-and, when csrc/CMakeLists.txt exists, builds the C++ scheduler extension
-`editx._scheduler` through CMake (the pybind/cmake_example pattern).
+and builds the C++ scheduler extension `editx._scheduler` through CMake (the
+pybind/cmake_example pattern; pybind11 and cmake come from pyproject's build requirements).
 """
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_BUILD_TYPE={cfg}",
+            "-DEDITX_BUILD_PYTHON=ON",
+            "-DEDITX_BUILD_TESTS=OFF",  # .ci/run builds and runs the C++ tests separately
         ]
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 1))
         subprocess.run(configure, cwd=build_dir, check=True)
@@ -51,10 +53,7 @@ class CMakeBuild(build_ext):
 
 
 def _extensions() -> list[Extension]:
-    # The scheduler lands in its own issue; until csrc/CMakeLists.txt exists there is nothing to build.
-    if (ROOT / "csrc" / "CMakeLists.txt").exists():
-        return [CMakeExtension("editx._scheduler", ROOT)]
-    return []
+    return [CMakeExtension("editx._scheduler", ROOT)]
 
 
 setup(
@@ -80,7 +79,9 @@ setup(
     ],
     extras_require={
         "gpu": ["onnxruntime-gpu>=1.17", "tensorrt>=10", "cuda-python>=12"],
-        "dev": ["pytest>=8", "hypothesis>=6"],
+        # `editx export` simplifies graphs with onnxsim when present (the exporter itself needs nothing extra).
+        "export": ["onnxsim>=0.4"],
+        "dev": ["pytest>=8", "hypothesis>=6", 'triton>=3.0; platform_system == "Linux"'],
     },
     entry_points={"console_scripts": ["editx=editx.cli:main"]},
     ext_modules=_extensions(),

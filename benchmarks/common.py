@@ -76,3 +76,42 @@ def print_table(rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+
+
+def write_svg_plot(path: str | Path, x_label: str, series: dict[str, list[tuple[float, float]]],
+                   title: str = "", width: int = 640, height: int = 400) -> Path:
+    """A dependency-free line plot (log2 x axis, linear y) of `series` name -> [(x, y)], as SVG."""
+    import math
+
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"]
+    pts = [(x, y) for s in series.values() for x, y in s if y == y]  # drop NaN
+    if not pts:
+        raise ValueError("nothing to plot")
+    xs = [math.log2(max(x, 1e-9)) for x, _ in pts]
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y1 = max(y for _, y in pts) * 1.1 or 1.0
+    left, right, top, bottom = 60, 20, 40, 50
+    sx = lambda x: left + (math.log2(max(x, 1e-9)) - x0) / (x1 - x0) * (width - left - right)  # noqa: E731
+    sy = lambda y: height - bottom - y / y1 * (height - top - bottom)  # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             f'font-size="12"><rect width="100%" height="100%" fill="white"/>',
+             f'<text x="{width / 2}" y="20" text-anchor="middle" font-size="14">{title}</text>',
+             f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>',
+             f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">{x_label}</text>']
+    for x in sorted({x for x, _ in pts}):
+        parts.append(f'<text x="{sx(x):.1f}" y="{height - bottom + 16}" text-anchor="middle">{x:g}</text>')
+    for k in range(5):
+        y = y1 * k / 4
+        parts.append(f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.3g}</text>')
+    for i, (name, s) in enumerate(series.items()):
+        color = colors[i % len(colors)]
+        good = [(x, y) for x, y in s if y == y]
+        path_d = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for j, (x, y) in enumerate(good))
+        parts.append(f'<path d="{path_d}" fill="none" stroke="{color}" stroke-width="2"/>')
+        parts.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}"/>' for x, y in good)
+        parts.append(f'<text x="{left + 10}" y="{top + 14 * (i + 1)}" fill="{color}">{name}</text>')
+    parts.append("</svg>")
+    p = Path(path)
+    p.write_text("\n".join(parts) + "\n")
+    return p

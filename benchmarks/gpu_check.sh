@@ -11,7 +11,8 @@
 # leaves room for a rerun. Locally, `DEVICE=cpu MODEL=dummy:tiny TOKENS=60 benchmarks/gpu_check.sh`
 # dry-runs the same steps on the CPU.
 #
-# Writes everything under $OUT (default ./out/gpu_check): test log, benchmark JSON, nvidia-smi.
+# Writes everything under $OUT (default ./out/gpu_check): test logs, benchmark JSON (offline e2e and
+# one per Triton kernel under $OUT/kernels/), nvidia-smi.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_check}
@@ -46,6 +47,22 @@ status=0
 echo "== tests (CUDA-relevant subsets; fixtures: ${EDITX_FIXTURES:-default}) =="
 $PY -m pytest -q -x tests/unit/test_model_runner.py tests/parity tests/api 2>&1 | tee "$OUT/tests.log" | tail -5 \
   || status=1
+
+echo "== Triton kernels: tests on $DEVICE (tests/kernels) =="
+# On CUDA the kernels compile (Triton 3.6 on the device machine); a CPU dry run uses the interpreter
+# and the benchmarks' tiny --quick shapes. Each step is time-boxed so the rest of the check still runs.
+KQUICK=""; KENV=""
+if [ "$DEVICE" = "cpu" ]; then KQUICK="--quick"; KENV="TRITON_INTERPRET=1"; fi
+env $KENV timeout "${KERNEL_TEST_TIMEOUT:-420}" $PY -m pytest -q tests/kernels 2>&1 | tee "$OUT/kernel_tests.log" \
+  | tail -5 || status=1
+
+echo "== Triton kernels: benchmarks (kernel vs torch reference, JSON under $OUT/kernels) =="
+mkdir -p "$OUT/kernels"
+for bench in benchmarks/kernels/bench_*.py; do
+  name=$(basename "$bench" .py); name=${name#bench_}
+  env $KENV timeout "${KERNEL_BENCH_TIMEOUT:-240}" $PY "$bench" --device "$DEVICE" $KQUICK \
+      --out "$OUT/kernels/${name}_${DEVICE}.json" 2>&1 | tee -a "$OUT/kernel_bench.log" | tail -3 || status=1
+done
 
 echo "== offline benchmark: $MODEL on $DEVICE =="
 $PY benchmarks/e2e/bench_offline.py --model "$MODEL" --device "$DEVICE" --tokens "$TOKENS" \

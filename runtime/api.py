@@ -1,38 +1,43 @@
-"""The public Runtime: clone a voice, or edit speech by instruction.
+"""The public Runtime: clone a voice or edit speech by instruction, streamed or whole.
 
     rt = editx.Runtime.from_pretrained("dummy:tiny")           # or an upstream install path
-    audio = rt.clone("prompt.wav", "prompt transcript", "Text to speak.")
-    audio.save("out.wav")                                       # 16-bit PCM, 24 kHz
+    for chunk in rt.stream_clone("prompt.wav", "prompt transcript", "Text to speak."):
+        play(chunk.samples)                                     # float32 PCM at 24 kHz
+    audio = rt.clone("prompt.wav", "prompt transcript", "Text.")   # the collected stream
     edits = rt.edit("in.wav", "its transcript", "emotion", "happy", n_iter=2)
 
-The Runtime holds only shared read-only models (`Components`), the config and the fixed
-ODE start noise; every call builds its own request state (RNGs, KV cache, decoder
-state), so calls from several threads do not interfere.
+Streaming is the default path: requests run through one continuous-batching engine
+(`engine/engine.py`), so concurrent calls from threads or asyncio share the GPU. With
+`stream=False` (per call or in the config) a call runs upstream's whole-utterance path
+(`OfflineRunner`), whose audio matches upstream's offline decoder. The Runtime holds only
+shared read-only models, the config, the fixed ODE start noise and caches; every call
+builds its own request state.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
-import time
+import math
 from pathlib import Path
-from typing import Optional, Union
+from typing import AsyncIterator, Optional, Union
 
-import numpy as np
 import torch
 
 from .config import RuntimeConfig, parse_device
-from .engine.generate import audio_logit_bias, generate
-from .engine.model_runner import GraphedDecoder
+from .engine.generate import audio_logit_bias
+from .engine.jobs import ChunkStream, Job, OfflineRunner, StreamRunner, collect
 from .engine.sampling import SamplingParams
-from .engine.token2wav import Token2Wav, to_numpy
+from .engine.scheduler import SchedulerConfig
+from .engine.token2wav import Token2Wav
 from .engine.voice import VoicePrompt, encode_voice
 from .engine.voice_cache import VoiceCache, audio_key
 from .errors import InvalidInputError
+from .export.backends import apply_backends
 from .frontend.audio_io import audio_from_array, load_audio
 from .loading.components import Components, check_vocab, load_components
 from .models.text import EDIT_TYPES, build_edit_instruction, clone_speaker_id, encode_clone_prompt, \
     encode_edit_prompt
-from .types import OUTPUT_SAMPLE_RATE, Audio
+from .types import Audio, AudioChunk
 
 log = logging.getLogger("editx")
 
@@ -40,6 +45,7 @@ AudioInput = Union[str, Path, bytes, Audio, tuple]
 NOISE_FRAMES = 30000          # upstream rand_noise: 600 s at 50 mel frames/s
 MAX_TEXT_CHARS = 4000         # far beyond one utterance; bounds tokenizer work on hostile input
 MIN_NEW_TOKEN_ROOM = 64       # ~1.5 s of audio: a prompt must leave at least this much to generate
+KV_BLOCK_SIZE = 16
 
 
 class Runtime:
@@ -47,6 +53,7 @@ class Runtime:
 
     def __init__(self, components: Components, config: RuntimeConfig) -> None:
         check_vocab(components.llm.config)
+        components = apply_backends(components, config)  # stages on onnxruntime / TensorRT (logged once)
         self.components = components
         self.config = config
         gen = torch.Generator().manual_seed(config.noise_seed)
@@ -54,12 +61,11 @@ class Runtime:
         noise = torch.randn(1, components.flow.cfg.output_size, NOISE_FRAMES, generator=gen)
         self.decoder = Token2Wav(components.flow, components.hift, noise.to(config.device), config.n_timesteps)
         self.voice_cache = VoiceCache(config.voice_cache_bytes)
-        self._graphed: Optional[GraphedDecoder] = None
-        self._graphed_init = threading.Lock()
-        self._logit_bias = None
-        if config.audio_only_logits:
-            self._logit_bias = audio_logit_bias(components.llm.config.vocab_size, components.llm.config.eos_token_id,
-                                                config.device)
+        llm = components.llm
+        bias = audio_logit_bias(llm.config.vocab_size, llm.config.eos_token_id, config.device) \
+            if config.audio_only_logits else None
+        self._offline = OfflineRunner(llm, self.decoder, bias, config.cuda_graphs, config.max_length, self._report)
+        self._streamer = StreamRunner(llm, self.decoder, bias, scheduler_config(components, config))
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -70,7 +76,7 @@ class Runtime:
 
         dtype: LLM dtype (default bfloat16 on CUDA as upstream, float32 on CPU);
         decoder_dtype: flow + HiFT (default float32 as upstream). Other RuntimeConfig fields
-        (n_timesteps, vq02_dither, audio_only_logits, onnx_provider, progress, ...) as keywords.
+        (stream, n_timesteps, vq02_dither, audio_only_logits, max_num_seqs, ...) as keywords.
         """
         dev = parse_device(device)
         if dtype is None:
@@ -86,47 +92,69 @@ class Runtime:
                               max_new_tokens=max_new_tokens or self.components.default_max_new_tokens,
                               max_length=self.config.max_length)
 
-    # -- public API ---------------------------------------------------------------------
+    # -- clone ----------------------------------------------------------------------------
     def clone(self, prompt_audio: AudioInput, prompt_text: str, text: str, *, seed: Optional[int] = None,
-              sampling: Optional[SamplingParams] = None) -> Audio:
+              sampling: Optional[SamplingParams] = None, stream: Optional[bool] = None) -> Audio:
         """Speak `text` in the voice of `prompt_audio` (whose transcript is `prompt_text`).
 
         prompt_audio: a file path, encoded bytes, an `Audio`, or `(samples, sample_rate)`; >= 16 kHz.
-        Returns mono float32 Audio at 24 kHz.
+        Returns mono float32 Audio at 24 kHz (the collected stream, or upstream's offline
+        decode with `stream=False`).
         """
-        _check_text(prompt_text, "prompt_text")
-        _check_text(text, "text")
-        wav, sr = self._load(prompt_audio, "prompt_audio")
-        req = self._request(seed, sampling)
-        voice = self._voice(wav, sr)
-        speaker = clone_speaker_id(prompt_text, wav)
-        ids = encode_clone_prompt(self.components.text, text, prompt_text, speaker, voice.token_str)
-        return self._synthesize(ids, voice, req, text)
+        return self._run(self._clone_job(prompt_audio, prompt_text, text, seed, sampling), stream)
 
+    def stream_clone(self, prompt_audio: AudioInput, prompt_text: str, text: str, *, seed: Optional[int] = None,
+                     sampling: Optional[SamplingParams] = None, priority: int = 0) -> ChunkStream:
+        """Like `clone`, yielding `AudioChunk`s (float32 [n], 24 kHz, index, is_last) as they are made.
+
+        Closing the returned iterator cancels the request and frees its KV blocks and caches.
+        """
+        return self._streamer.stream(self._clone_job(prompt_audio, prompt_text, text, seed, sampling), priority)
+
+    async def astream_clone(self, prompt_audio: AudioInput, prompt_text: str, text: str, *,
+                            seed: Optional[int] = None, sampling: Optional[SamplingParams] = None,
+                            priority: int = 0) -> AsyncIterator[AudioChunk]:
+        """asyncio twin of `stream_clone` (the front end runs in a worker thread)."""
+        job = await asyncio.to_thread(self._clone_job, prompt_audio, prompt_text, text, seed, sampling)
+        async for chunk in self._streamer.astream(job, priority):
+            yield chunk
+
+    # -- edit -----------------------------------------------------------------------------
     def edit(self, audio: AudioInput, audio_text: str, edit_type: str, edit_info: Optional[str] = None,
              text: Optional[str] = None, n_iter: int = 1, *, seed: Optional[int] = None,
-             sampling: Optional[SamplingParams] = None) -> list[Audio]:
+             sampling: Optional[SamplingParams] = None, stream: Optional[bool] = None) -> list[Audio]:
         """Edit `audio` (transcript `audio_text`): emotion / style / speed / paralinguistic / denoise / vad.
 
         Iteration k+1 edits the output of iteration k after a 16-bit 24 kHz WAV round trip, with
         the previous output's text as its transcript (upstream tts_infer.py, spec §2.4).
         Returns one Audio per iteration.
         """
-        if not isinstance(n_iter, int) or isinstance(n_iter, bool) or not 1 <= n_iter <= 32:
-            raise InvalidInputError(f"n_iter: expected an int in [1, 32], got {n_iter!r}")
-        if edit_type not in EDIT_TYPES:
-            raise InvalidInputError(f"edit_type: unknown edit type {edit_type!r}; allowed: {', '.join(EDIT_TYPES)}")
-        build_edit_instruction(edit_type, edit_info, audio_text, text)  # validate before any heavy work
-        current: AudioInput = audio
-        current_text = audio_text
+        self._check_edit(edit_type, edit_info, audio_text, text, n_iter)
         results: list[Audio] = []
+        current, current_text = audio, audio_text
         for k in range(n_iter):
-            req = self._request(None if seed is None else seed + k, sampling)
-            out = self._edit_once(current, current_text, edit_type, edit_info, text, req)
-            results.append(out)
-            current, current_text = out.to_pcm16_roundtrip(), out.text
+            job = self._edit_job(current, current_text, edit_type, edit_info, text, _seed_k(seed, k), sampling)
+            results.append(self._run(job, stream))
+            current, current_text = results[-1].to_pcm16_roundtrip(), results[-1].text
         return results
 
+    def stream_edit(self, audio: AudioInput, audio_text: str, edit_type: str, edit_info: Optional[str] = None,
+                    text: Optional[str] = None, n_iter: int = 1, *, seed: Optional[int] = None,
+                    sampling: Optional[SamplingParams] = None, priority: int = 0) -> ChunkStream:
+        """Like `edit`, streaming the last iteration (earlier iterations run to completion first)."""
+        job = self._last_edit_job(audio, audio_text, edit_type, edit_info, text, n_iter, seed, sampling)
+        return self._streamer.stream(job, priority)
+
+    async def astream_edit(self, audio: AudioInput, audio_text: str, edit_type: str, edit_info: Optional[str] = None,
+                           text: Optional[str] = None, n_iter: int = 1, *, seed: Optional[int] = None,
+                           sampling: Optional[SamplingParams] = None, priority: int = 0) -> AsyncIterator[AudioChunk]:
+        """asyncio twin of `stream_edit`."""
+        job = await asyncio.to_thread(self._last_edit_job, audio, audio_text, edit_type, edit_info, text, n_iter,
+                                      seed, sampling)
+        async for chunk in self._streamer.astream(job, priority):
+            yield chunk
+
+    # -- voices, stats, lifetime --------------------------------------------------------------
     def encode_voice(self, audio: AudioInput) -> VoicePrompt:
         """Front-end results (vq02 + vq06 codes, prompt mel, x-vector) of one recording, cached per voice.
 
@@ -135,6 +163,70 @@ class Runtime:
         """
         wav, sr = self._load(audio, "audio")
         return self._voice(wav, sr)
+
+    def engine_stats(self) -> dict:
+        """Scheduler / engine counters (blocks, queue lengths, prefix hits, TTFA misses, underruns)."""
+        return self._streamer.engine.stats()
+
+    def close(self) -> None:
+        """Stop the streaming engine (cancels running streams)."""
+        self._streamer.shutdown()
+
+    # -- request preparation ----------------------------------------------------------------
+    def _clone_job(self, prompt_audio, prompt_text, text, seed, sampling) -> Job:
+        _check_text(prompt_text, "prompt_text")
+        _check_text(text, "text")
+        params = self._params(seed, sampling)
+        wav, sr = self._load(prompt_audio, "prompt_audio")
+        voice = self._voice(wav, sr)
+        speaker = clone_speaker_id(prompt_text, wav)
+        ids = encode_clone_prompt(self.components.text, text, prompt_text, speaker, voice.token_str)
+        return self._job(ids, voice, params, text)
+
+    def _edit_job(self, audio, audio_text, edit_type, edit_info, text, seed, sampling) -> Job:
+        instruction = build_edit_instruction(edit_type, edit_info, audio_text, text)
+        params = self._params(seed, sampling)
+        voice = self.encode_voice(audio)
+        ids = encode_edit_prompt(self.components.text, instruction, voice.token_str)
+        return self._job(ids, voice, params, text if edit_type == "paralinguistic" else audio_text)
+
+    def _last_edit_job(self, audio, audio_text, edit_type, edit_info, text, n_iter, seed, sampling) -> Job:
+        self._check_edit(edit_type, edit_info, audio_text, text, n_iter)
+        current, current_text = audio, audio_text
+        if n_iter > 1:
+            earlier = self.edit(audio, audio_text, edit_type, edit_info, text, n_iter - 1, seed=seed,
+                                sampling=sampling)
+            current, current_text = earlier[-1].to_pcm16_roundtrip(), earlier[-1].text
+        return self._edit_job(current, current_text, edit_type, edit_info, text, _seed_k(seed, n_iter - 1), sampling)
+
+    def _job(self, ids: list[int], voice: VoicePrompt, params: SamplingParams, text: str) -> Job:
+        room = params.max_length - len(ids)
+        if room < MIN_NEW_TOKEN_ROOM:
+            raise InvalidInputError(
+                f"text/prompt too long: the prompt has {len(ids)} tokens, leaving {max(room, 0)} of "
+                f"max_length {params.max_length} for the output (need >= {MIN_NEW_TOKEN_ROOM}); shorten the text "
+                "or the prompt audio")
+        return Job(ids, voice, params, text)
+
+    def _run(self, job: Job, stream: Optional[bool]) -> Audio:
+        if not (self.config.stream if stream is None else stream):
+            return self._offline.run(job, self._progress_hook())
+        return collect(self._streamer.stream(job), job.text)
+
+    def _check_edit(self, edit_type, edit_info, audio_text, text, n_iter) -> None:
+        if not isinstance(n_iter, int) or isinstance(n_iter, bool) or not 1 <= n_iter <= 32:
+            raise InvalidInputError(f"n_iter: expected an int in [1, 32], got {n_iter!r}")
+        if edit_type not in EDIT_TYPES:
+            raise InvalidInputError(f"edit_type: unknown edit type {edit_type!r}; allowed: {', '.join(EDIT_TYPES)}")
+        build_edit_instruction(edit_type, edit_info, audio_text, text)  # validate before any heavy work
+
+    def _params(self, seed: Optional[int], sampling: Optional[SamplingParams]) -> SamplingParams:
+        """The request's SamplingParams with a concrete seed (so every draw is reproducible)."""
+        base = sampling or self.default_sampling()
+        if not isinstance(base, SamplingParams):
+            raise InvalidInputError(f"sampling: expected SamplingParams, got {type(base).__name__}")
+        chosen = seed if seed is not None else (base.seed if base.seed is not None else self.config.seed)
+        return SamplingParams(**{**_fields(base), "seed": int(chosen)})
 
     def _voice(self, wav: torch.Tensor, sr: int) -> VoicePrompt:
         cfg = self.config
@@ -149,67 +241,6 @@ class Runtime:
         if hit:
             self._report("voice cache hit: front end skipped")
         return voice
-
-    # -- internals ----------------------------------------------------------------------
-    def _edit_once(self, audio: AudioInput, audio_text: str, edit_type: str, edit_info: Optional[str],
-                   text: Optional[str], req: SamplingParams) -> Audio:
-        instruction = build_edit_instruction(edit_type, edit_info, audio_text, text)
-        voice = self.encode_voice(audio)
-        ids = encode_edit_prompt(self.components.text, instruction, voice.token_str)
-        out_text = text if edit_type == "paralinguistic" else audio_text
-        return self._synthesize(ids, voice, req, out_text)
-
-    def _request(self, seed: Optional[int], sampling: Optional[SamplingParams]) -> SamplingParams:
-        """The request's SamplingParams with a concrete seed (so every draw is reproducible)."""
-        base = sampling or self.default_sampling()
-        if not isinstance(base, SamplingParams):
-            raise InvalidInputError(f"sampling: expected SamplingParams, got {type(base).__name__}")
-        chosen = seed if seed is not None else (base.seed if base.seed is not None else self.config.seed)
-        return SamplingParams(**{**_fields(base), "seed": int(chosen)})
-
-    def _synthesize(self, prompt_ids: list[int], voice: VoicePrompt, req: SamplingParams, text: str) -> Audio:
-        room = req.max_length - len(prompt_ids)
-        if room < MIN_NEW_TOKEN_ROOM:
-            raise InvalidInputError(
-                f"text/prompt too long: the prompt has {len(prompt_ids)} tokens, leaving {max(room, 0)} of "
-                f"max_length {req.max_length} for the output (need >= {MIN_NEW_TOKEN_ROOM}); shorten the text "
-                "or the prompt audio"
-            )
-        t0 = _clock(self.config.device)
-        result = self._generate(prompt_ids, req)
-        t1 = _clock(self.config.device)
-        mixed = [i - 65536 for i in result.ids]
-        hift_gen = torch.Generator(device=self.config.device).manual_seed(req.seed + 1)
-        if len(mixed) == 0:
-            samples = np.zeros(0, dtype=np.float32)
-        else:
-            speech, _ = self.decoder.offline(torch.tensor(mixed), voice.conditioning, generator=hift_gen)
-            samples = to_numpy(speech)
-        t2 = _clock(self.config.device)
-        info = {**voice.timings, "prompt_tokens": len(prompt_ids), "generated_tokens": len(result.raw_ids),
-                "stop_reason": result.stop_reason, "llm_s": t1 - t0, "token2wav_s": t2 - t1,
-                "audio_s": len(samples) / OUTPUT_SAMPLE_RATE}
-        self._report(f"done: {info['audio_s']:.2f} s of audio from {len(result.raw_ids)} tokens "
-                     f"(LLM {info['llm_s']:.2f} s, decoder {info['token2wav_s']:.2f} s)")
-        return Audio(samples, OUTPUT_SAMPLE_RATE, text, info)
-
-    def _generate(self, prompt_ids: list[int], req: SamplingParams):
-        """LLM generation; on CUDA through the graphed decoder (one request at a time on it)."""
-        llm = self.components.llm
-        kwargs = dict(on_token=self._progress_hook(), logit_bias=self._logit_bias)
-        runner = self._graph_runner()
-        if runner is None:
-            return generate(llm, prompt_ids, req, **kwargs)
-        with runner.lock:
-            return generate(llm, prompt_ids, req, cache=runner.cache, decode_step=runner.step, **kwargs)
-
-    def _graph_runner(self) -> Optional[GraphedDecoder]:
-        if not (self.config.cuda_graphs and self.config.device.type == "cuda"):
-            return None
-        with self._graphed_init:
-            if self._graphed is None:
-                self._graphed = GraphedDecoder(self.components.llm, batch=1, capacity=self.config.max_length)
-        return self._graphed
 
     def _load(self, audio: AudioInput, what: str) -> tuple[torch.Tensor, int]:
         if isinstance(audio, Audio):
@@ -229,20 +260,36 @@ class Runtime:
     def _progress_hook(self):
         if not self.config.progress:
             return None
-        start = time.perf_counter()
         count = [0]
 
         def on_token(_token: int) -> None:
             count[0] += 1
             if count[0] % 250 == 0:  # 250 tokens = 6 s of audio
-                self._report(f"LLM: {count[0]} audio tokens ({count[0] / 41.67:.1f} s of audio) "
-                             f"in {time.perf_counter() - start:.1f} s")
+                self._report(f"LLM: {count[0]} audio tokens ({count[0] / 41.67:.1f} s of audio)")
 
         return on_token
 
     def _report(self, message: str) -> None:
         if self.config.progress:
             log.info(message)
+
+
+def scheduler_config(components: Components, config: RuntimeConfig) -> SchedulerConfig:
+    """The engine's scheduling policy: KV pool sized from `config.kv_cache_bytes`, decoder chunking
+    from the flow config (spec §6), limits from the runtime config."""
+    llm = components.llm.config
+    itemsize = torch.tensor([], dtype=config.dtype).element_size()
+    per_block = 2 * llm.num_hidden_layers * llm.num_attention_groups * llm.head_dim * itemsize * KV_BLOCK_SIZE
+    one_request = math.ceil(config.max_length / KV_BLOCK_SIZE)
+    num_blocks = max(config.kv_cache_bytes // per_block, one_request + 1)
+    return SchedulerConfig.from_flow(components.flow.cfg, block_size=KV_BLOCK_SIZE, num_blocks=int(num_blocks),
+                                     max_num_seqs=config.max_num_seqs, max_model_len=config.max_length,
+                                     max_num_batched_tokens=max(config.max_num_batched_tokens, config.max_num_seqs),
+                                     ttfa_target_s=config.ttfa_target_s)
+
+
+def _seed_k(seed: Optional[int], k: int) -> Optional[int]:
+    return None if seed is None else seed + k
 
 
 def _fields(params: SamplingParams) -> dict:
@@ -257,9 +304,3 @@ def _check_text(value: object, name: str) -> None:
     if len(value) > MAX_TEXT_CHARS:
         raise InvalidInputError(f"{name}: {len(value)} characters is too long (max {MAX_TEXT_CHARS}); "
                                 "split long text into sentences")
-
-
-def _clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()

@@ -36,6 +36,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="./output_dir", help="where WAVs are written")
     p.add_argument("--output", default=None, help="exact output path (clone, or the last edit iteration)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--stream", action="store_true",
+                      help="write the WAV chunk by chunk as audio is produced (first audio on disk early)")
+    mode.add_argument("--offline", action="store_true",
+                      help="upstream's whole-utterance decoder instead of the streaming engine")
+    p.add_argument("--backend", action="append", default=[], metavar="STAGE=NAME",
+                   help="run a stage (dit, flow_encoder, hift, vq02) on torch, onnxruntime or tensorrt; "
+                        "repeatable; a bare NAME sets every stage")
+    p.add_argument("--export-dir", default=None, help="folder written by `editx export` to take graphs from")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--generated-text", "--text", dest="text", default=None,
                       help="new text with tags (paralinguistic edits only)")
     edit.add_argument("--n-edit-iter", type=int, default=1, help="apply the edit this many times")
+    from .export.cli import add_arguments as add_export_arguments
+
+    add_export_arguments(sub.add_parser("export", help="write ONNX graphs (and TensorRT plans) of a model"))
     return parser
 
 
@@ -69,24 +81,43 @@ def run(args: argparse.Namespace) -> list[Path]:
     from .api import Runtime
 
     report = _progress(args.quiet)
+    if args.command == "export":
+        from .export.cli import run as run_export
+
+        return run_export(args, report)
     _validate_early(args)
     report(f"loading {args.model} on {args.device}")
     rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                  decoder_dtype=args.decoder_dtype, seed=args.seed,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, backends=",".join(args.backend) or None,
+                                 export_dir=args.export_dir)
     sampling = rt.default_sampling(greedy=args.greedy, max_new_tokens=args.max_new_tokens)
     stem = Path(args.prompt_audio).stem
     out_dir = Path(args.output_dir)
     written: list[Path] = []
     if args.command == "clone":
         report("cloning")
-        audio = rt.clone(args.prompt_audio, args.prompt_text, args.text, seed=args.seed, sampling=sampling)
-        written.append(audio.save(args.output or out_dir / f"{stem}_cloned.wav"))
+        target = Path(args.output or out_dir / f"{stem}_cloned.wav")
+        if args.stream:
+            chunks = rt.stream_clone(args.prompt_audio, args.prompt_text, args.text, seed=args.seed,
+                                     sampling=sampling)
+            written.append(write_stream(chunks, target, report))
+        else:
+            audio = rt.clone(args.prompt_audio, args.prompt_text, args.text, seed=args.seed, sampling=sampling,
+                             stream=not args.offline)
+            written.append(audio.save(target))
+    elif args.stream:
+        report(f"editing ({args.edit_type}, streaming the last of {args.n_edit_iter} iteration(s))")
+        chunks = rt.stream_edit(args.prompt_audio, args.prompt_text, args.edit_type, args.edit_info,
+                                text=args.text, n_iter=args.n_edit_iter, seed=args.seed, sampling=sampling)
+        target = Path(args.output or out_dir / f"{stem}_edited_iter{args.n_edit_iter}.wav")
+        written.append(write_stream(chunks, target, report))
     else:
         report(f"editing ({args.edit_type}{'/' + args.edit_info if args.edit_info else ''}, "
                f"{args.n_edit_iter} iteration(s))")
         results = rt.edit(args.prompt_audio, args.prompt_text, args.edit_type, args.edit_info,
-                          text=args.text, n_iter=args.n_edit_iter, seed=args.seed, sampling=sampling)
+                          text=args.text, n_iter=args.n_edit_iter, seed=args.seed, sampling=sampling,
+                          stream=not args.offline)
         for k, audio in enumerate(results, start=1):
             last = k == len(results)
             path = args.output if (args.output and last) else out_dir / f"{stem}_edited_iter{k}.wav"
@@ -94,6 +125,21 @@ def run(args: argparse.Namespace) -> list[Path]:
     for path in written:
         report(f"wrote {path}")
     return written
+
+
+def write_stream(chunks, path: Path, report) -> Path:
+    """Append each AudioChunk to a 16-bit WAV as it arrives (readable while it grows)."""
+    import numpy as np
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sf.SoundFile(str(path), "w", samplerate=24000, channels=1, subtype="PCM_16") as f:
+        for chunk in chunks:
+            f.write(np.clip(chunk.samples, -1.0, 1.0))
+            f.flush()
+            report(f"chunk {chunk.index}: {chunk.samples.size / chunk.sample_rate:.2f} s"
+                   + (" (last)" if chunk.is_last else ""))
+    return path
 
 
 def _validate_early(args: argparse.Namespace) -> None:

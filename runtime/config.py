@@ -7,6 +7,7 @@ message naming the field, not deep inside a model.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Mapping
 
 import torch
 
@@ -27,6 +28,37 @@ def parse_dtype(value: str | torch.dtype, what: str = "dtype") -> torch.dtype:
     elif isinstance(value, str) and value.lower() in DTYPES:
         return DTYPES[value.lower()]
     raise InvalidInputError(f"{what}: unsupported value {value!r}; use one of float32, bfloat16, float16")
+
+
+# Stages that can run on another backend than torch (editx.export.backends), and the backends.
+BACKEND_STAGES = ("dit", "flow_encoder", "hift", "vq02")
+BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
+
+
+def parse_backends(value: str | Mapping[str, str] | None) -> dict[str, str]:
+    """Backend of every stage: None / {} = torch everywhere; "onnxruntime" = that backend for every
+    stage; "dit=tensorrt,hift=onnxruntime" or {"dit": "tensorrt"} = those stages (others torch)."""
+    choice = {stage: "torch" for stage in BACKEND_STAGES}
+    if value is None:
+        return choice
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        if len(items) == 1 and "=" not in items[0]:
+            value = {stage: items[0] for stage in BACKEND_STAGES}
+        else:
+            pairs = [item.split("=", 1) for item in items]
+            if any(len(pair) != 2 for pair in pairs):
+                raise InvalidInputError(f"backends: {value!r}; use a backend name or STAGE=BACKEND[,STAGE=BACKEND]")
+            value = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"backends: expected a mapping stage -> backend or a string, got {type(value).__name__}")
+    for stage, name in value.items():
+        if stage not in BACKEND_STAGES:
+            raise InvalidInputError(f"backends: unknown stage {stage!r}; stages are {', '.join(BACKEND_STAGES)}")
+        if name not in BACKEND_NAMES:
+            raise InvalidInputError(f"backends[{stage}]: unknown backend {name!r}; use one of {', '.join(BACKEND_NAMES)}")
+        choice[stage] = name
+    return choice
 
 
 def parse_device(value: str | torch.device) -> torch.device:
@@ -69,9 +101,20 @@ class RuntimeConfig:
         resampler: prompt-audio resampling: 'sinc' (torchaudio-exact, matches upstream's features)
             or 'soxr' (libsoxr HQ: faster on long audio, features differ slightly from upstream).
         voice_cache_bytes: memory bound of the per-voice front-end cache (0 disables it).
+        stream: clone/edit collect the stream of the continuous-batching engine (default);
+            False runs upstream's whole-utterance path (offline decoder, matches upstream's audio).
+        kv_cache_bytes: the engine's paged KV pool (None: 4 GiB on CUDA, 512 MiB on CPU; the full
+            model needs 32 KiB per token in bf16).
+        max_num_seqs / max_num_batched_tokens: concurrent requests in the engine and tokens per step.
+        ttfa_target_s: the scheduler's first-audio deadline (most urgent streams decode first).
         cuda_graphs: on CUDA, replay the LLM decode step from CUDA graphs (one capture per
             attention-width bucket); eager decode otherwise.
         progress: print stage progress to stderr on long work.
+        backends: stage -> 'torch' | 'onnxruntime' | 'tensorrt' for the stages in BACKEND_STAGES
+            (DiT estimator, flow encoder, HiFT decode, vq02 encoder); see `parse_backends` for the
+            accepted forms. A requested backend that is unavailable is an error, never a fallback.
+        export_dir: folder written by `editx export` to take the ONNX graphs (and TensorRT plans)
+            from; None = export the needed graphs from the loaded weights at start-up.
     """
 
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -88,8 +131,15 @@ class RuntimeConfig:
     onnx_provider: str = "auto"
     resampler: str = "sinc"
     voice_cache_bytes: int = 256 * 2**20
+    stream: bool = True
+    kv_cache_bytes: int | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    ttfa_target_s: float = 0.25
     cuda_graphs: bool = True
     progress: bool = False
+    backends: dict[str, str] = field(default_factory=dict)
+    export_dir: str | None = None
 
     def __post_init__(self) -> None:
         self.device = parse_device(self.device)
@@ -105,12 +155,26 @@ class RuntimeConfig:
             raise InvalidInputError(f"n_timesteps: {self.n_timesteps} is outside [1, 1000]")
         if not 16 <= self.max_length <= 65536:
             raise InvalidInputError(f"max_length: {self.max_length} is outside [16, 65536]")
+        if self.kv_cache_bytes is None:
+            self.kv_cache_bytes = (4 if self.device.type == "cuda" else 0.5) * 2**30
+        self.kv_cache_bytes = int(self.kv_cache_bytes)
+        for name in ("kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise InvalidInputError(f"{name}: {getattr(self, name)} must be >= 1")
+        _check_range("ttfa_target_s", self.ttfa_target_s, 1e-3, 60.0)
         if self.voice_cache_bytes < 0:
             raise InvalidInputError(f"voice_cache_bytes: {self.voice_cache_bytes} must be >= 0")
         if self.resampler not in ("sinc", "soxr"):
             raise InvalidInputError(f"resampler: {self.resampler!r}; use 'sinc' or 'soxr'")
         if self.onnx_provider not in ("auto", "cpu", "cuda"):
             raise InvalidInputError(f"onnx_provider: {self.onnx_provider!r}; use 'auto', 'cpu' or 'cuda'")
+        self.backends = parse_backends(self.backends)
+        if self.device.type != "cuda" and "tensorrt" in self.backends.values():
+            stages = [s for s, b in self.backends.items() if b == "tensorrt"]
+            raise BackendUnavailableError(f"backends: tensorrt ({', '.join(stages)}) needs a CUDA device, "
+                                          f"the runtime device is {self.device}")
+        if self.export_dir is not None:
+            self.export_dir = str(self.export_dir)
 
     def with_overrides(self, **kwargs) -> "RuntimeConfig":
         """A copy with some fields replaced (and validated again)."""

@@ -37,7 +37,7 @@ class Audio:
 
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(p), self.samples, self.sample_rate, subtype="PCM_16")
+        sf.write(str(p), _clipped(self.samples), self.sample_rate, subtype="PCM_16")
         return p
 
     def to_pcm16_roundtrip(self) -> "Audio":
@@ -47,10 +47,16 @@ class Audio:
         import soundfile as sf
 
         buf = io.BytesIO()
-        sf.write(buf, self.samples, self.sample_rate, format="WAV", subtype="PCM_16")
+        sf.write(buf, _clipped(self.samples), self.sample_rate, format="WAV", subtype="PCM_16")
         buf.seek(0)
         data, sr = sf.read(buf, dtype="float32", always_2d=False)
         return Audio(np.ascontiguousarray(data, dtype=np.float32), int(sr), self.text, dict(self.info))
+
+
+def _clipped(samples: np.ndarray) -> np.ndarray:
+    """Samples limited to [-1, 1] for 16-bit PCM (the streamed cross-fade can exceed 0.99 slightly;
+    past full scale libsndfile's integer conversion must not see it)."""
+    return np.clip(samples, -1.0, 1.0)
 
 
 @dataclass(frozen=True)

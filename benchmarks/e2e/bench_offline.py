@@ -165,7 +165,7 @@ def main(argv=None) -> dict:
     # One real clone call through the public API (its own length: EOS allowed here).
     sync(dev)
     audio = rt.clone(args.prompt_audio, args.prompt_text, args.text, seed=0,
-                     sampling=rt.default_sampling(max_new_tokens=n))
+                     sampling=rt.default_sampling(max_new_tokens=n), stream=False)
     results["clone_call"] = {k: audio.info[k] for k in ("generated_tokens", "llm_s", "token2wav_s", "audio_s")}
 
     payload = {"benchmark": "e2e/offline", "model": args.model, "dtype": str(llm.dtype),

@@ -27,7 +27,7 @@ from ..errors import EditXError
 from ..types import AudioChunk
 from .paged_kv import PagedBatch, PagedKVCache, SequenceChunk
 from .request import CANCELLED, FAILED, FINISHED, Request, select_next_ids
-from .scheduler import DecoderKind, FinishReason, SchedulerConfig, make_scheduler
+from .scheduler import FinishReason, SchedulerConfig, make_scheduler
 
 log = logging.getLogger("editx")
 OUTPUT_RATE = 24000
@@ -168,9 +168,12 @@ class Engine:
         if req is None or req.cancel_event.is_set():
             return
         try:
-            ids = [t - AUDIO_ID_BASE for t in req.generated[item.start:item.start + item.num_feed]]
+            # The item's window [start, start + num_feed) is the chunk plus its lookahead; the
+            # lookahead ids were already fed with the previous item, so feed only the new ones.
+            end = item.start + item.num_feed
+            ids = [t - AUDIO_ID_BASE for t in req.generated[req.decoded:end]]
+            req.decoded = max(req.decoded, end)
             chunks = req.t2w.push(ids, last=bool(item.is_last))
-            req.decoded = item.start + item.num_feed
             for k, audio in enumerate(chunks):
                 last = bool(item.is_last) and k == len(chunks) - 1
                 self._emit(req, audio, last)

@@ -90,7 +90,6 @@ def select_next_ids(logits: torch.Tensor, requests: Sequence[Request],
     scores = logits.float()
     if logit_bias is not None:
         scores = scores + logit_bias
-    device = scores.device
     windows = {r.params.repetition_window for r in requests}
     thresholds = {r.params.repetition_threshold for r in requests}
     if len(windows) == 1 and len(thresholds) == 1:

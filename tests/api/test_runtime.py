@@ -13,7 +13,11 @@ def _check_audio(audio: Audio) -> None:
     assert audio.sample_rate == 24000
     assert audio.samples.dtype == np.float32 and audio.samples.ndim == 1
     assert len(audio.samples) > 0 and np.isfinite(audio.samples).all()
-    assert np.abs(audio.samples).max() <= 0.99 + 1e-6  # HiFT clamps to ±0.99 (spec §5.7)
+    # HiFT clamps to ±0.99 (spec §5.7); streamed chunks are cross-faded with the two halves of
+    # np.hamming(7680), which sum to at most 1.08 at one sample, so a saturated random-weight
+    # signal can reach 0.99 * 1.08 there (upstream's streaming does the same).
+    fade_peak = max(a + b for a, b in zip(np.hamming(7680)[:3840], np.hamming(7680)[3840:]))
+    assert np.abs(audio.samples).max() <= 0.99 * fade_peak + 1e-6
     # 480 samples per mel frame, 2 mel frames per token frame, 3 token frames per 5 LLM ids
     assert len(audio.samples) % 480 == 0
 
@@ -81,7 +85,8 @@ def test_save_writes_16bit_24k_wav(rt, sampling, prompt_wav, tmp_path):
     info = sf.info(str(path))
     assert (info.samplerate, info.channels, info.subtype) == (24000, 1, "PCM_16")
     back, _ = sf.read(str(path), dtype="float32")
-    assert np.abs(back - audio.samples).max() <= 1.0 / 32767 + 1e-7  # one int16 step
+    # one int16 step, after limiting to full scale (see Audio.save)
+    assert np.abs(back - np.clip(audio.samples, -1, 1)).max() <= 1.0 / 32767 + 1e-7
 
 
 def test_encode_voice_is_cached_per_voice(rt, prompt_wav):

@@ -76,3 +76,20 @@ def test_missing_model_dir_exit_2(tmp_path, capsys):
     rc = main(["clone", "--model", str(tmp_path / "nope"), "--prompt-audio", str(PROMPT), "--prompt-text", "a",
                "--text", "b"])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_stream_flag_writes_the_same_audio_as_collected(tmp_path):
+    common = ["--model", "dummy:tiny", "--prompt-audio", str(PROMPT), "--prompt-text", "A prompt.",
+              "--text", "Hi there.", "--max-new-tokens", "80", "--seed", "3", "--quiet"]
+    assert main(["clone", *common, "--stream", "--output", str(tmp_path / "s.wav")]) == 0
+    assert main(["clone", *common, "--output", str(tmp_path / "c.wav")]) == 0
+    a, _ = sf.read(str(tmp_path / "s.wav"), dtype="int16")
+    b, _ = sf.read(str(tmp_path / "c.wav"), dtype="int16")
+    assert np.array_equal(a, b) and len(a) > 0
+
+
+def test_offline_flag_runs_upstreams_decoder(tmp_path):
+    rc = main(["clone", "--model", "dummy:tiny", "--prompt-audio", str(PROMPT), "--prompt-text", "A prompt.",
+               "--text", "Hi.", "--max-new-tokens", "30", "--offline", "--output", str(tmp_path / "o.wav"), "--quiet"])
+    assert rc == 0
+    _check_wav(tmp_path / "o.wav")

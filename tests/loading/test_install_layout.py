@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from editx import CheckpointError, Runtime, RuntimeConfig
 from editx.engine.voice import encode_voice

@@ -1,0 +1,132 @@
+"""Streaming benchmark: TTFA, RTF, underruns and throughput vs concurrency -> JSON + SVG plot.
+
+    python benchmarks/e2e/bench_stream.py --model dummy:tiny                         # CPU, small sweep
+    python benchmarks/e2e/bench_stream.py --model dummy:full --device cuda --concurrency 1 4 16 64
+
+For each concurrency level N, N clone requests are submitted at once from N threads and
+consumed as streams. Per request: `ttfa_ms` (submit -> first audio chunk), `rtf` (wall time to
+the last chunk / audio seconds), `underruns` (chunks that arrive after real-time playback of
+everything before them, playback starting at the first chunk). Per level: p50/p90/p99 TTFA,
+mean RTF, total `audio_s_per_s`. Each level runs with a cold voice (front end computed) and a
+cached voice (front end skipped). The offline path (whole utterance, then audio) is measured
+in the same run at concurrency 1 as the baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import environment, print_table, write_json, write_svg_plot  # noqa: E402
+
+from editx import Runtime  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_PROMPT = REPO.parent / "shared" / "audio" / "zero_shot_en_prompt.wav"
+PROMPT_TEXT = "His political stance was conservative, and he was particularly close to margaret thatcher."
+TEXT = "The quick brown fox jumps over the lazy dog."
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="dummy:tiny")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--prompt-audio", default=str(DEFAULT_PROMPT))
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--tokens", type=int, default=150, help="max audio tokens per request (41.67 per second)")
+    p.add_argument("--out", default=None)
+    return p.parse_args(argv)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def one_stream(rt: Runtime, prompt, seed: int, tokens: int, record: list) -> None:
+    start = time.perf_counter()
+    arrivals, durations = [], []
+    for chunk in rt.stream_clone(prompt, PROMPT_TEXT, TEXT, seed=seed,
+                                 sampling=rt.default_sampling(max_new_tokens=tokens)):
+        if chunk.samples.size:
+            arrivals.append(time.perf_counter())
+            durations.append(chunk.samples.size / chunk.sample_rate)
+    end = time.perf_counter()
+    underruns, due = 0, None
+    for t, d in zip(arrivals, durations):
+        due = t if due is None else due
+        if t > due + 1e-3:  # this chunk arrived after the previous audio finished playing
+            underruns += 1
+            due = t
+        due += d
+    audio = sum(durations)
+    record.append({"ttfa_ms": (arrivals[0] - start) * 1e3 if arrivals else float("nan"),
+                   "rtf": (end - start) / audio if audio else float("nan"), "underruns": underruns,
+                   "audio_s": audio, "chunks": len(arrivals)})
+
+
+def run_level(rt: Runtime, prompt, n: int, tokens: int, cached: bool) -> dict:
+    if not cached:
+        rt.voice_cache.clear()
+    else:
+        rt.encode_voice(prompt)
+    records: list[dict] = []
+    threads = [threading.Thread(target=one_stream, args=(rt, prompt, 1000 + i, tokens, records)) for i in range(n)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    ttfa = [r["ttfa_ms"] for r in records]
+    return {"concurrency": n, "voice": "cached" if cached else "cold",
+            "ttfa_ms_p50": percentile(ttfa, 50), "ttfa_ms_p90": percentile(ttfa, 90),
+            "ttfa_ms_p99": percentile(ttfa, 99), "rtf_mean": statistics.mean(r["rtf"] for r in records),
+            "underruns": sum(r["underruns"] for r in records), "audio_s_per_s": sum(r["audio_s"] for r in records) / wall,
+            "wall_s": wall}
+
+
+def offline_baseline(rt: Runtime, prompt, tokens: int) -> dict:
+    start = time.perf_counter()
+    audio = rt.clone(prompt, PROMPT_TEXT, TEXT, seed=1000, sampling=rt.default_sampling(max_new_tokens=tokens),
+                     stream=False)
+    wall = time.perf_counter() - start
+    return {"ttfa_ms": wall * 1e3, "rtf": wall / audio.duration, "audio_s": audio.duration}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    prompt = Path(args.prompt_audio).read_bytes()
+    rt.clone(prompt, PROMPT_TEXT, TEXT, seed=0, sampling=rt.default_sampling(max_new_tokens=20))  # warm-up
+    levels = [run_level(rt, prompt, n, args.tokens, cached) for n in args.concurrency for cached in (False, True)]
+    baseline = offline_baseline(rt, prompt, args.tokens)
+    payload = {"benchmark": "e2e/stream", "model": args.model, "env": environment(rt.config.device),
+               "tokens_per_request": args.tokens, "levels": levels, "offline_baseline_c1": baseline,
+               "engine": rt.engine_stats()}
+    out = Path(args.out or REPO / "benchmarks" / "results" /
+               f"stream_{rt.config.device.type}_{args.model.replace(':', '_')}.json")
+    write_json(out, payload)
+    cached = [lv for lv in levels if lv["voice"] == "cached"]
+    write_svg_plot(out.with_suffix(".svg"), "concurrency",
+                   {"TTFA p50 (ms)": [(lv["concurrency"], lv["ttfa_ms_p50"]) for lv in cached],
+                    "TTFA p99 (ms)": [(lv["concurrency"], lv["ttfa_ms_p99"]) for lv in cached],
+                    "audio s per s (x100)": [(lv["concurrency"], 100 * lv["audio_s_per_s"]) for lv in cached]},
+                   title=f"editx streaming, {args.model} on {payload['env']['device_name']}")
+    rows = [(f"c={lv['concurrency']:<3} {lv['voice']:<6}",
+             f"ttfa p50 {lv['ttfa_ms_p50']:8.1f} ms  p99 {lv['ttfa_ms_p99']:8.1f} ms  rtf {lv['rtf_mean']:.3f}  "
+             f"underruns {lv['underruns']:3d}  audio s/s {lv['audio_s_per_s']:.2f}") for lv in levels]
+    rows.append(("offline c=1", f"first audio {baseline['ttfa_ms']:8.1f} ms  rtf {baseline['rtf']:.3f}"))
+    print_table(rows)
+    print(f"wrote {out} and {out.with_suffix('.svg')}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

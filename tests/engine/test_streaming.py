@@ -1,0 +1,155 @@
+"""The streaming Runtime: chunk protocol, concurrency = sequential, cancellation, failure isolation."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from editx import AudioChunk, InvalidInputError
+
+TOKENS = 90  # > 2 decoder chunks (setup 5, chunks of 25 and 40 ids, + 5 lookahead) yet quick on CPU
+
+
+def params(rt, tokens=TOKENS):
+    return rt.default_sampling(max_new_tokens=tokens)
+
+
+def drain(stream) -> list[AudioChunk]:
+    return list(stream)
+
+
+def test_chunks_are_numbered_contiguous_and_end_once(rt, voices):
+    stream = rt.stream_clone(voices[0], "A prompt.", "Some text.", seed=4, sampling=params(rt))
+    chunks = drain(stream)
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert [c.is_last for c in chunks] == [False] * (len(chunks) - 1) + [True]
+    assert all(c.sample_rate == 24000 and c.samples.dtype == np.float32 for c in chunks)
+    if stream.request.stop_reason == "length":  # (a random-weight model may stop early)
+        assert len(chunks) >= 3  # first chunk, 24-frame chunk, final
+
+
+def test_stream_equals_the_streaming_decoder_on_the_same_tokens(rt, voices):
+    """Engine-driven chunks (any scheduling) == Token2WavStream fed the same ids one per call:
+    no gap, no duplicated sample at chunk boundaries."""
+    stream = rt.stream_clone(voices[1], "A prompt.", "Other text.", seed=8, sampling=params(rt))
+    got = np.concatenate([c.samples for c in drain(stream)])
+    req = stream.request
+    kept = [t - 65536 for t in req.generated[:-1]]
+    voice = rt.encode_voice(voices[1])
+    ref = rt.decoder.stream(voice.conditioning, generator=torch.Generator().manual_seed(req.params.seed + 1))
+    expected = [c for i, t in enumerate(kept) for c in ref.push([t], last=i == len(kept) - 1)]
+    assert np.array_equal(got, torch.cat(expected).numpy())
+
+
+def test_collected_clone_is_the_concatenated_stream(rt, voices):
+    chunks = drain(rt.stream_clone(voices[0], "A prompt.", "Text.", seed=2, sampling=params(rt)))
+    audio = rt.clone(voices[0], "A prompt.", "Text.", seed=2, sampling=params(rt))
+    assert np.array_equal(audio.samples, np.concatenate([c.samples for c in chunks]))
+
+
+def _sequential(rt, jobs):
+    return [np.concatenate([c.samples for c in drain(rt.stream_clone(v, "A prompt.", t, seed=s,
+                                                                      sampling=params(rt)))])
+            for v, t, s in jobs]
+
+
+def _jobs(voices):
+    return [(voices[i % len(voices)], text, seed) for i, (text, seed) in
+            enumerate([("Hello there.", 1), ("Another sentence here.", 2), ("Short.", 3), ("Hi.", 4)])]
+
+
+def test_threads_equal_sequential(rt, voices):
+    jobs = _jobs(voices)
+    expected = _sequential(rt, jobs)
+    results = [None] * len(jobs)
+
+    def worker(i, v, t, s):
+        results[i] = np.concatenate([c.samples for c in drain(rt.stream_clone(v, "A prompt.", t, seed=s,
+                                                                                sampling=params(rt)))])
+
+    threads = [threading.Thread(target=worker, args=(i, *job)) for i, job in enumerate(jobs)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=300)
+    for got, want in zip(results, expected):
+        assert np.array_equal(got, want)
+
+
+def test_asyncio_equals_sequential(rt, voices):
+    jobs = _jobs(voices)[:3]
+    expected = _sequential(rt, jobs)
+
+    async def one(v, t, s):
+        return np.concatenate([c.samples async for c in rt.astream_clone(v, "A prompt.", t, seed=s,
+                                                                         sampling=params(rt))])
+
+    async def main():
+        return await asyncio.gather(*(one(*job) for job in jobs))
+
+    for got, want in zip(asyncio.run(main()), expected):
+        assert np.array_equal(got, want)
+
+
+def _wait_idle(rt, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = rt.engine_stats()
+        if stats["active_requests"] == 0 and stats["used_blocks"] == 0:
+            return stats
+        time.sleep(0.05)
+    raise AssertionError(f"engine did not go idle: {rt.engine_stats()}")
+
+
+def test_cancel_mid_stream_frees_everything_and_spares_others(rt, voices):
+    baseline = _wait_idle(rt)
+    other_expected = _sequential(rt, [(voices[2], "Keep going.", 7)])[0]
+    other = rt.stream_clone(voices[2], "A prompt.", "Keep going.", seed=7, sampling=params(rt))
+    doomed = rt.stream_clone(voices[0], "A prompt.", "Stop me.", seed=9, sampling=params(rt, 400))
+    first = next(doomed)
+    assert isinstance(first, AudioChunk)
+    doomed.close()  # cancel mid-stream
+    got = np.concatenate([c.samples for c in drain(other)])
+    assert np.array_equal(got, other_expected)
+    after = _wait_idle(rt)
+    assert after["used_blocks"] == baseline["used_blocks"] == 0
+    assert after["free_blocks"] == baseline["free_blocks"]
+    assert doomed.request.state == "cancelled"
+
+
+def test_bad_request_fails_alone(rt, voices):
+    good = rt.stream_clone(voices[0], "A prompt.", "Fine text.", seed=3, sampling=params(rt))
+    with pytest.raises(InvalidInputError, match="text"):
+        rt.stream_clone(voices[1], "A prompt.", "   ", seed=3, sampling=params(rt))
+    with pytest.raises(InvalidInputError):
+        rt.stream_clone(b"not audio at all", "A prompt.", "Text.", sampling=params(rt))
+    chunks = drain(good)
+    assert chunks[-1].is_last and sum(c.samples.size for c in chunks) > 0
+
+
+def test_decoder_failure_fails_only_that_stream(rt, voices, monkeypatch):
+    """An exception inside one stream's decoder (e.g. a corrupt state) ends that stream with the
+    error; concurrent streams complete normally."""
+    good = rt.stream_clone(voices[0], "A prompt.", "Fine.", seed=5, sampling=params(rt))
+    bad = rt.stream_clone(voices[1], "A prompt.", "Broken.", seed=6, sampling=params(rt))
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("injected decoder failure")
+
+    monkeypatch.setattr(bad.request.t2w, "push", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        drain(bad)
+    assert drain(good)[-1].is_last
+    assert bad.request.state == "failed"
+    _wait_idle(rt)
+
+
+def test_stream_edit_streams_the_last_iteration(rt, voices):
+    chunks = drain(rt.stream_edit(voices[0], "Some words.", "emotion", "sad", n_iter=2, seed=1,
+                                  sampling=params(rt, 40)))
+    whole = rt.edit(voices[0], "Some words.", "emotion", "sad", n_iter=2, seed=1, sampling=params(rt, 40))
+    assert np.array_equal(np.concatenate([c.samples for c in chunks]), whole[-1].samples)
