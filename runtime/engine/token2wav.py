@@ -75,9 +75,9 @@ class Token2Wav:
 
         mixed: [N] int64 generated mixed ids. Returns (speech [N_out] float32, mel [1, 80, T_mel]).
         """
-        pairs = reshape_mixed_tokens(self._check_mixed(mixed))[None].to(self.device)
-        mel = self.flow.inference(pairs, voice.prompt_pairs.to(self.device), voice.prompt_feat.to(self.device),
-                                  voice.embedding.to(self.device), self.noise, self.n_timesteps)
+        mel = self.flow.inference_mixed(self._check_mixed(mixed), voice.prompt_mixed,
+                                        voice.prompt_feat.to(self.device), voice.embedding.to(self.device),
+                                        self.noise, self.n_timesteps)
         speech, _ = self.hift.inference(mel, draws=draws, generator=generator)
         return speech[0].float(), mel
 

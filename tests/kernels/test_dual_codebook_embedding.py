@@ -165,3 +165,27 @@ def test_bad_arguments_raise_clear_errors():
         embed_mixed_sequences([], table)
     with pytest.raises(InvalidInputError, match="backend"):
         embed_mixed(ids, cu, table, out, offs, 2, backend="fast")
+
+
+@needs_kernels
+def test_flow_inference_from_mixed_ids_uses_the_fused_kernel():
+    """FlowModel.inference_mixed (fused ids -> encoder buffer, as token2wav runs it) equals the
+    pairs path with the kernel forced on; the embedding itself is an exact gather."""
+    from editx.layers import kernel_backend
+    from editx.models.flow import FlowConfig, FlowModel, reshape_mixed_tokens
+    from random_weights import fill_random_
+
+    model = fill_random_(FlowModel(FlowConfig.tiny()), seed=1).to(DEVICE)
+    g = torch.Generator().manual_seed(0)
+    prompt, target = torch.randint(0, 5120, (23,), generator=g), torch.randint(-2, 5120, (17,), generator=g)
+    feat, emb = torch.randn(1, 30, 80, generator=g), torch.randn(1, 192, generator=g)
+    noise = torch.randn(1, 80, 200, generator=g)
+    with kernel_backend("triton", op="embedding"):
+        xs, tp = model.embed_mixed(prompt.to(DEVICE), target.to(DEVICE))
+        fused = model.inference_mixed(target, prompt, feat, emb, noise, n_timesteps=2)
+    pairs = torch.cat([reshape_mixed_tokens(prompt), reshape_mixed_tokens(target)])[None]
+    assert tp == reshape_mixed_tokens(prompt).shape[0]
+    assert torch.equal(xs.cpu(), model.embed_tokens(pairs.to(DEVICE), clamp=True).cpu())
+    ref = model.inference(reshape_mixed_tokens(target)[None], reshape_mixed_tokens(prompt)[None], feat, emb,
+                          noise, n_timesteps=2)
+    torch.testing.assert_close(fused, ref, atol=0, rtol=0)

@@ -20,7 +20,13 @@ from .config import FlowConfig
 from .dit import DiT
 from .embedding import DualCodebookEmbedding
 from .encoder import UpsampleConformerEncoderV2
-from .tokens import check_pair_ids
+from ...layers.embedding import embed_mixed
+from .tokens import FRAMES_PER_GROUP, GROUP, check_pair_ids
+
+
+def mixed_frames(n_ids: int) -> int:
+    """Token frames of n mixed ids after upstream's padding to whole 5-id groups."""
+    return FRAMES_PER_GROUP * -(-n_ids // GROUP)
 
 
 def align_prompt_mel(prompt_feat: torch.Tensor, frames: int) -> torch.Tensor:
@@ -119,13 +125,51 @@ class FlowModel(nn.Module):
             check_pair_ids(pairs, self.cfg.vocab_size, name, allow_negative=True)
             if pairs.shape[0] != 1:
                 raise InvalidInputError(f"{name}: batch size must be 1, got {pairs.shape[0]}")
-        ratio = self.cfg.token_mel_ratio
-        prompt_frames = ratio * prompt_pairs.shape[1]
+        mu = self.encode(torch.cat([prompt_pairs, token_pairs.to(prompt_pairs.device)], dim=1))  # [1, 80, T_all]
+        return self._solve(mu, prompt_pairs.shape[1], prompt_feat, embedding, noise, n_timesteps, return_states)
+
+    @torch.inference_mode()
+    def inference_mixed(self, mixed: torch.Tensor, prompt_mixed: torch.Tensor, prompt_feat: torch.Tensor,
+                        embedding: torch.Tensor, noise: torch.Tensor, n_timesteps: int | None = None) -> torch.Tensor:
+        """`inference` straight from mixed ids (LLM id − 65536), as token2wav receives them.
+
+        mixed [N], prompt_mixed [Np] int: each is reshaped to pairs with upstream's PAD rule,
+        embedded and written into one encoder input buffer by the fused dual-codebook
+        embedding (one kernel on CUDA; `editx.layers.embedding.embed_mixed`). Same result as
+        `inference(reshape(mixed), reshape(prompt_mixed), ...)`. Returns mel [1, 80, 2T].
+        """
+        n_timesteps = self.resolve_n_timesteps(n_timesteps)
+        xs, prompt_frames = self.embed_mixed(prompt_mixed, mixed)
+        mu = self.encoder_proj(self.encoder(xs)).transpose(1, 2)
+        return self._solve(mu, prompt_frames, prompt_feat, embedding, noise, n_timesteps, False)
+
+    def embed_mixed(self, prompt_mixed: torch.Tensor, mixed: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Prompt then target mixed ids → embedded frames [1, Tp + T, input_size] and Tp (ids clamped
+        at 0 like the non-streaming path; ids ≥ vocab are an InvalidInputError)."""
+        seqs = [torch.as_tensor(x, dtype=torch.long).reshape(-1) for x in (prompt_mixed, mixed)]
+        for name, seq in zip(("prompt_mixed", "mixed"), seqs):
+            if seq.numel() == 0:
+                raise InvalidInputError(f"{name}: no token ids")
+            if int(seq.max()) >= self.cfg.vocab_size:
+                raise InvalidInputError(f"{name}: id {int(seq.max())} is outside the flow vocabulary "
+                                        f"(0..{self.cfg.vocab_size - 1}); were non-audio LLM ids passed?")
+        frames = [mixed_frames(seq.numel()) for seq in seqs]
+        width = self.input_embedding.embedding.weight.shape[1] * 2
+        out = torch.empty(1, sum(frames), width, dtype=self.dtype, device=self.device)
+        ids = torch.cat(seqs).to(self.device)
+        cu = torch.tensor([0, seqs[0].numel(), seqs[0].numel() + seqs[1].numel()], dtype=torch.int32,
+                          device=self.device)
+        offsets = torch.tensor([0, frames[0] * out.stride(1)], dtype=torch.int64, device=self.device)
+        embed_mixed(ids, cu, self.input_embedding.embedding.weight, out, offsets, max(frames) // 3, clamp=True)
+        return out, frames[0]
+
+    def _solve(self, mu: torch.Tensor, prompt_token_frames: int, prompt_feat: torch.Tensor, embedding: torch.Tensor,
+               noise: torch.Tensor, n_timesteps: int, return_states: bool):
+        """CFM decode over prompt + target given mu [1, 80, T_all]; returns the target mel (and states)."""
+        prompt_frames = self.cfg.token_mel_ratio * prompt_token_frames
         check_float(prompt_feat, "prompt_feat", (1, None, self.cfg.output_size))
         cond_prompt = align_prompt_mel(prompt_feat, prompt_frames)  # [1, Tp_mel, 80]
-
         spks = self.project_speaker(embedding)  # [1, 80]
-        mu = self.encode(torch.cat([prompt_pairs, token_pairs.to(prompt_pairs.device)], dim=1))  # [1, 80, T_all]
         total = mu.shape[2]
         cond = torch.zeros_like(mu)
         cond[:, :, :prompt_frames] = cond_prompt.to(mu).transpose(1, 2)
