@@ -1,7 +1,6 @@
 """The `editx` command line, end to end on dummy:tiny."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +24,9 @@ def _check_wav(path: Path) -> None:
 
 
 def test_clone_console_script_writes_wav(tmp_path):
-    exe = shutil.which("editx") or ""
-    cmd = [exe] if exe else [sys.executable, "-m", "editx.cli"]
+    # the console script installed beside this interpreter (not whatever `editx` is on PATH)
+    exe = Path(sys.executable).parent / "editx"
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "editx.cli"]
     out = tmp_path / "clone.wav"
     proc = subprocess.run(
         cmd + ["clone", "--model", "dummy:tiny", "--prompt-audio", str(PROMPT), "--prompt-text",
