@@ -36,6 +36,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", default="./output_dir", help="where WAVs are written")
     p.add_argument("--output", default=None, help="exact output path (clone, or the last edit iteration)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--kernels", default="auto", choices=["auto", "reference", "triton"],
+                   help="fused ops: Triton kernels on CUDA (auto), the PyTorch references, or Triton forced")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stream", action="store_true",
                       help="write the WAV chunk by chunk as audio is produced (first audio on disk early)")
@@ -86,6 +88,9 @@ def run(args: argparse.Namespace) -> list[Path]:
 
         return run_export(args, report)
     _validate_early(args)
+    from .layers import set_kernel_backend
+
+    set_kernel_backend(args.kernels)  # process-wide, like the CLI process itself
     report(f"loading {args.model} on {args.device}")
     rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                  decoder_dtype=args.decoder_dtype, seed=args.seed,

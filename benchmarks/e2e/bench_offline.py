@@ -29,6 +29,7 @@ from editx.engine.kv_cache import KVCache  # noqa: E402
 from editx.engine.model_runner import GraphedDecoder  # noqa: E402
 from editx.engine.sampling import SamplingParams  # noqa: E402
 from editx.engine.voice import encode_voice  # noqa: E402
+from editx.layers import set_kernel_backend  # noqa: E402
 from editx.models.flow import reshape_mixed_tokens  # noqa: E402
 from editx.models.step1 import alibi_bias_reference  # noqa: E402
 from editx.models.text import clone_speaker_id, encode_clone_prompt  # noqa: E402
@@ -52,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=200, help="audio tokens to decode (41.67 per second of audio)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--skip-baseline", action="store_true", help="skip the slow upstream-style decode")
+    p.add_argument("--kernels", default="auto", choices=["auto", "reference", "triton"],
+                   help="fused-op backend (editx.layers.set_kernel_backend); compare runs to see the kernels' gain")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/offline_<device>.json)")
     return p.parse_args(argv)
 
@@ -95,6 +98,7 @@ def decode_bytes_per_step(model, context: int) -> int:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    set_kernel_backend(args.kernels)
     rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype, decoder_dtype=args.decoder_dtype)
     dev, comps = rt.config.device, rt.components
     llm, results = comps.llm, {}
@@ -168,7 +172,7 @@ def main(argv=None) -> dict:
                      sampling=rt.default_sampling(max_new_tokens=n), stream=False)
     results["clone_call"] = {k: audio.info[k] for k in ("generated_tokens", "llm_s", "token2wav_s", "audio_s")}
 
-    payload = {"benchmark": "e2e/offline", "model": args.model, "dtype": str(llm.dtype),
+    payload = {"benchmark": "e2e/offline", "model": args.model, "dtype": str(llm.dtype), "kernels": args.kernels,
                "decoder_dtype": str(comps.flow.dtype), "env": environment(dev), "results": results}
     out = args.out or REPO / "benchmarks" / "results" / f"offline_{dev.type}_{args.model.replace(':', '_')}.json"
     write_json(out, payload)
