@@ -11,7 +11,8 @@
 #       -d .whl soundfile soxr cffi pycparser
 #   mkdir -p .gpu_data && cp -r ../shared/fixtures ../shared/audio .gpu_data/
 # then run it through the device tool with carry [".whl", ".gpu_data"], timeout_s ~560.
-# Locally, `DEVICE=cpu MODEL=dummy:tiny TOKENS=60 PY=.venv/bin/python benchmarks/gpu_check.sh`
+# Locally, `DEVICE=cpu MODEL=dummy:tiny TOKENS=60 STREAM_TOKENS=60 STREAM_CONCURRENCY="1 2"
+# PY=.venv/bin/python benchmarks/gpu_check.sh` (with pybind11 + cmake in that venv)
 # dry-runs the same steps on the CPU (kernels under the Triton interpreter, tiny shapes).
 #
 # Output under $OUT (default ./out/gpu_check): gpu_check.log (everything printed), env.txt,
@@ -71,6 +72,7 @@ rm -rf "$OUT/.parts"
 step 110 "offline benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_offline.py --model "$MODEL" \
     --device "$DEVICE" --tokens "$TOKENS" --prompt-audio "$PROMPT" --out "$OUT/offline.json"
 step 80 "streaming benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py --model "$MODEL" \
-    --device "$DEVICE" --tokens 200 --concurrency 1 4 16 --prompt-audio "$PROMPT" --out "$OUT/stream.json"
+    --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16} \
+    --prompt-audio "$PROMPT" --out "$OUT/stream.json"
 echo "status=$status" | tee -a "$LOG"
 exit $status
