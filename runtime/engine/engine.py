@@ -25,6 +25,8 @@ import torch
 
 from ..errors import EditXError
 from ..types import AudioChunk
+from ..layers.attention import alibi_uses_triton
+from .model_runner import PagedDecodeGraphs
 from .paged_kv import PagedBatch, PagedKVCache, SequenceChunk
 from .request import CANCELLED, FAILED, FINISHED, Request, select_next_ids
 from .scheduler import FinishReason, SchedulerConfig, make_scheduler
@@ -38,11 +40,16 @@ class Engine:
     """Continuous-batching LLM + streaming decoder over shared models (see module doc)."""
 
     def __init__(self, llm, sched_config: SchedulerConfig, logit_bias: Optional[torch.Tensor] = None,
-                 scheduler_impl: str = "cpp", attention_backend: str = "auto") -> None:
+                 scheduler_impl: str = "cpp", attention_backend: str = "auto", decode_graphs: str = "auto") -> None:
+        """decode_graphs: "auto" (CUDA graphs for decode-only steps when the model is on CUDA and the
+        paged attention runs the Triton kernel), "cuda", "static" (same static buffers, eager: tests),
+        or "off"."""
         self.llm = llm
         self.config = sched_config
         self.scheduler = make_scheduler(sched_config, scheduler_impl)
-        self.cache = PagedKVCache.for_model(llm, sched_config.num_blocks, sched_config.block_size)
+        # One extra block past the scheduler's pool: the scratch block padded graph rows write into.
+        self.cache = PagedKVCache.for_model(llm, sched_config.num_blocks + 1, sched_config.block_size)
+        self.graphs = self._decode_graphs(decode_graphs, attention_backend)
         self.logit_bias = logit_bias
         self.attention_backend = attention_backend
         self._requests: dict[int, Request] = {}
@@ -51,6 +58,16 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
         self.steps = 0
+
+    def _decode_graphs(self, mode: str, backend: str) -> Optional[PagedDecodeGraphs]:
+        if mode == "auto":
+            dev = self.llm.device
+            mode = "cuda" if dev.type == "cuda" and alibi_uses_triton(dev, self.llm.config.head_dim, backend) else "off"
+        if mode == "off":
+            return None
+        cfg = self.config
+        return PagedDecodeGraphs(self.llm, self.cache, -(-cfg.max_model_len // cfg.block_size), cfg.num_blocks,
+                                 cfg.max_num_seqs, mode, backend)
 
     # -- submission (any thread) -----------------------------------------------------------
     def submit(self, req: Request) -> int:
@@ -143,8 +160,11 @@ class Engine:
             chunks.append(SequenceChunk(ids[end - count:end], end - count, plan.block_table(i).tolist()))
             if i >= n_prefill or bool(plan.prefill_is_last[i]):
                 sample_rows.append(i)
-        batch = PagedBatch.build(chunks, self.cache.block_size, self.llm.device)
-        logits = self.llm.forward_paged(batch, self.cache, self.attention_backend)
+        if self.graphs is not None and n_prefill == 0 and self.graphs.bucket(len(chunks)) is not None:
+            logits = self.graphs.run(chunks)  # decode-only step: static buffers / CUDA graph replay
+        else:
+            batch = PagedBatch.build(chunks, self.cache.block_size, self.llm.device)
+            logits = self.llm.forward_paged(batch, self.cache, self.attention_backend)
         if not sample_rows:
             return
         reqs = [self._requests[int(plan.scheduled_req_ids[i])] for i in sample_rows]

@@ -92,3 +92,112 @@ class GraphedDecoder:
             out = model(self._ids, self.cache, self._pos, attend_len=key_len)[:, -1].float()
         self._graphs[key_len] = (graph, out)
         return graph, out
+
+
+# ---------------------------------------------------------------------------------------
+# Continuous batching: decode-only engine steps over the paged pool, one graph per batch bucket.
+# ---------------------------------------------------------------------------------------
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class PagedDecodeGraphs:
+    """Decode-only steps of the streaming engine over the paged KV pool, replayed from CUDA graphs.
+
+    A step with S decoding sequences (and no prefill) runs in the smallest bucket B ≥ S; rows
+    S..B−1 are padding that reads and writes only `scratch_block`, a pool block the scheduler
+    never hands out. Every input lives in a static buffer of its bucket: ids, positions, slot
+    mapping, block tables (full width, `max_blocks` = max_model_len / block_size), sequence
+    lengths. The attention must be graph-capturable (the Triton paged kernel; the reference
+    path syncs with the host), so `mode="cuda"` is only chosen when it is; `mode="static"` runs
+    the same buffers eagerly (tests on CPU).
+    """
+
+    def __init__(self, model, cache, max_blocks: int, scratch_block: int, max_seqs: int, mode: str,
+                 attention_backend: str = "auto", buckets: tuple[int, ...] = DEFAULT_BUCKETS) -> None:
+        if mode not in ("static", "cuda"):
+            raise InvalidInputError(f"PagedDecodeGraphs: mode {mode!r}; use 'static' or 'cuda'")
+        if mode == "cuda" and model.device.type != "cuda":
+            raise InvalidInputError("PagedDecodeGraphs: CUDA graphs need the model on a CUDA device")
+        self.model, self.cache, self.mode, self.backend = model, cache, mode, attention_backend
+        self.max_blocks, self.scratch = max_blocks, scratch_block
+        self.buckets = tuple(b for b in buckets if b < max_seqs) + (max_seqs,)
+        self._static: dict[int, "_PagedStatic"] = {}
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool = None
+        model.slopes(model.device)
+
+    def bucket(self, n_seqs: int) -> Optional[int]:
+        return next((b for b in self.buckets if b >= n_seqs), None)
+
+    def run(self, chunks) -> torch.Tensor:
+        """chunks: one `SequenceChunk` per decoding sequence (one token each) -> logits [S, V]."""
+        n = len(chunks)
+        bucket = self.bucket(n)
+        if bucket is None or any(len(c.token_ids) != 1 for c in chunks):
+            raise InvalidInputError(f"PagedDecodeGraphs.run: {n} one-token sequences do not fit the buckets")
+        static = self._static.get(bucket) or self._make_static(bucket)
+        static.load(chunks, self.cache.block_size, self.scratch)
+        if self.mode == "static":
+            return self.model.forward_paged(static.batch, self.cache, self.backend)[:n]
+        graph, out = self._graphs.get(bucket) or self._capture(bucket, static)
+        graph.replay()
+        return out[:n]
+
+    def _make_static(self, bucket: int) -> "_PagedStatic":
+        static = _PagedStatic(bucket, self.max_blocks, self.model.device)
+        self._static[bucket] = static
+        return static
+
+    def _capture(self, bucket: int, static: "_PagedStatic"):
+        model, dev = self.model, self.model.device
+        side = torch.cuda.Stream(device=dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # warm-up outside the graph (same writes as the real step)
+            for _ in range(2):
+                model.forward_paged(static.batch, self.cache, self.backend)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            out = model.forward_paged(static.batch, self.cache, self.backend)
+        self._graphs[bucket] = (graph, out)
+        return graph, out
+
+
+class _PagedStatic:
+    """The static input buffers of one decode bucket, as a `PagedBatch` whose tensors never move."""
+
+    def __init__(self, bucket: int, max_blocks: int, device: torch.device) -> None:
+        from .paged_kv import PagedBatch
+
+        long = dict(dtype=torch.long, device=device)
+        i32 = dict(dtype=torch.int32, device=device)
+        self.bucket, self.max_blocks = bucket, max_blocks
+        self.batch = PagedBatch(
+            input_ids=torch.zeros(bucket, **long), positions=torch.zeros(bucket, **long),
+            slot_mapping=torch.zeros(bucket, **long), block_tables=torch.zeros(bucket, max_blocks, **i32),
+            seq_lens=torch.ones(bucket, **i32), cu_seqlens_q=torch.arange(bucket + 1, **i32),
+            logits_indices=torch.arange(bucket, **long))
+
+    def load(self, chunks, block_size: int, scratch: int) -> None:
+        """Copy this step's rows into the buffers; padding rows touch only the scratch block."""
+        import numpy as np
+
+        b = self.bucket
+        ids = np.zeros(b, np.int64)
+        pos = np.zeros(b, np.int64)
+        slots = np.full(b, scratch * block_size, np.int64)
+        tables = np.full((b, self.max_blocks), scratch, np.int32)
+        lens = np.ones(b, np.int32)
+        for i, c in enumerate(chunks):
+            p = c.start
+            if len(c.block_table) > self.max_blocks:
+                raise InvalidInputError(f"sequence needs {len(c.block_table)} blocks, graphs hold {self.max_blocks}")
+            ids[i], pos[i], lens[i] = c.token_ids[0], p, p + 1
+            slots[i] = c.block_table[p // block_size] * block_size + p % block_size
+            tables[i, :len(c.block_table)] = c.block_table
+        bt = self.batch
+        for dst, src in ((bt.input_ids, ids), (bt.positions, pos), (bt.slot_mapping, slots),
+                         (bt.block_tables, tables), (bt.seq_lens, lens)):
+            dst.copy_(torch.from_numpy(src))
