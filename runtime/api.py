@@ -172,6 +172,12 @@ class Runtime:
         """Stop the streaming engine (cancels running streams)."""
         self._streamer.shutdown()
 
+    def __enter__(self) -> "Runtime":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     # -- request preparation ----------------------------------------------------------------
     def _clone_job(self, prompt_audio, prompt_text, text, seed, sampling) -> Job:
         _check_text(prompt_text, "prompt_text")

@@ -15,8 +15,10 @@ shared read-only.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
+import weakref
 import time
 from typing import Optional
 
@@ -32,6 +34,15 @@ from .request import CANCELLED, FAILED, FINISHED, Request, select_next_ids
 from .scheduler import FinishReason, SchedulerConfig, make_scheduler
 
 log = logging.getLogger("editx")
+_LIVE_ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_engines_at_exit() -> None:
+    # An engine thread still inside the C++ scheduler (GIL released) while the interpreter
+    # finalises would abort the process; stop every live engine first.
+    for engine in list(_LIVE_ENGINES):
+        engine.shutdown()
 OUTPUT_RATE = 24000
 AUDIO_ID_BASE = 65536  # LLM id of <audio_0>; the decoder takes mixed ids (LLM id - 65536)
 
@@ -50,6 +61,7 @@ class Engine:
         # One extra block past the scheduler's pool: the scratch block padded graph rows write into.
         self.cache = PagedKVCache.for_model(llm, sched_config.num_blocks + 1, sched_config.block_size)
         self.graphs = self._decode_graphs(decode_graphs, attention_backend)
+        _LIVE_ENGINES.add(self)
         self.logit_bias = logit_bias
         self.attention_backend = attention_backend
         self._requests: dict[int, Request] = {}
@@ -118,14 +130,20 @@ class Engine:
                 self._fail_all(exc)
 
     def shutdown(self) -> None:
-        """Stop the engine thread (pending requests are cancelled)."""
-        for req in list(self._requests.values()):
-            self.cancel(req)
+        """Stop the engine thread; live requests end with an EditXError (their readers wake up)."""
         self._stopping = True
         with self._wake:
             self._wake.notify_all()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=10)
+        with self._lock:
+            live = list(self._requests.values())
+            self._requests.clear()
+        for req in live:
+            if not req.done:
+                self.scheduler.cancel(req.id)
+                req.state = CANCELLED
+                req.out.put(EditXError("the runtime was closed while this request was running"))
 
     def run_until_idle(self, max_steps: int = 1_000_000) -> None:
         """Drive steps on the calling thread until no request is active (tests, benchmarks)."""

@@ -179,3 +179,16 @@ def test_static_decode_buffers_give_the_same_tokens(rt, voices):
     eager_ids, _ = run("off")
     assert buckets, "no decode-only step went through the static buffers"
     assert static_ids == eager_ids
+
+
+def test_close_ends_running_streams_with_an_error(voices):
+    from editx import EditXError, Runtime
+
+    rt = Runtime.from_pretrained("dummy:tiny")
+    stream = rt.stream_clone(voices[0], "A prompt.", "A long text.", seed=1,
+                             sampling=rt.default_sampling(max_new_tokens=400))
+    next(stream)
+    rt.close()
+    with pytest.raises(EditXError, match="closed"):
+        for _ in stream:
+            pass
