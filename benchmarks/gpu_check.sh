@@ -16,7 +16,7 @@
 # dry-runs the same steps on the CPU (kernels under the Triton interpreter, tiny shapes).
 #
 # Output under $OUT (default ./out/gpu_check): gpu_check.log (everything printed), env.txt,
-# kernels.json (all kernel benchmarks), offline.json, stream.json, stream.svg.
+# kernels.json (all kernel benchmarks), offline.json, stream.json, stream.svg, decoder_batch.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_check}
@@ -54,7 +54,7 @@ step 120 "install (builds editx._scheduler)" $PY -m pip install -q --no-deps --n
 
 KQUICK=""; KENV=""
 if [ "$DEVICE" = "cpu" ]; then KQUICK="--quick"; KENV="TRITON_INTERPRET=1"; fi
-step 100 "kernel tests on $DEVICE" env $KENV $PY -m pytest -q -x tests/kernels tests/unit/test_model_runner.py
+step 80 "kernel tests on $DEVICE" env $KENV $PY -m pytest -q -x tests/kernels tests/unit/test_model_runner.py
 for bench in benchmarks/kernels/bench_*.py; do
   name=$(basename "$bench" .py)
   step 40 "kernel benchmark ${name#bench_}" env $KENV $PY "$bench" --device "$DEVICE" $KQUICK \
@@ -74,5 +74,7 @@ step 110 "offline benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_offline
 step 80 "streaming benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py --model "$MODEL" \
     --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16} \
     --prompt-audio "$PROMPT" --out "$OUT/stream.json"
+step 40 "batched decoder benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_decoder_batch.py \
+    --model "$MODEL" --device "$DEVICE" --streams ${STREAM_CONCURRENCY:-1 4 16} --out "$OUT/decoder_batch.json"
 echo "status=$status" | tee -a "$LOG"
 exit $status

@@ -65,7 +65,8 @@ class Runtime:
         bias = audio_logit_bias(llm.config.vocab_size, llm.config.eos_token_id, config.device) \
             if config.audio_only_logits else None
         self._offline = OfflineRunner(llm, self.decoder, bias, config.cuda_graphs, config.max_length, self._report)
-        self._streamer = StreamRunner(llm, self.decoder, bias, scheduler_config(components, config))
+        self._streamer = StreamRunner(llm, self.decoder, bias, scheduler_config(components, config),
+                                      batch_decoder=config.batch_decoder)
 
     # -- construction ------------------------------------------------------------------
     @classmethod

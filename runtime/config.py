@@ -107,6 +107,9 @@ class RuntimeConfig:
             model needs 32 KiB per token in bf16).
         max_num_seqs / max_num_batched_tokens: concurrent requests in the engine and tokens per step.
         ttfa_target_s: the scheduler's first-audio deadline (most urgent streams decode first).
+        batch_decoder: run the decoder chunks of concurrent streams as one batch (faster; audio equals
+            per-stream decoding up to floating-point reduction order). False: each stream alone,
+            bit-identical to running the requests one by one.
         cuda_graphs: on CUDA, replay the LLM decode step from CUDA graphs (one capture per
             attention-width bucket); eager decode otherwise.
         progress: print stage progress to stderr on long work.
@@ -136,6 +139,7 @@ class RuntimeConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
     ttfa_target_s: float = 0.25
+    batch_decoder: bool = True
     cuda_graphs: bool = True
     progress: bool = False
     backends: dict[str, str] = field(default_factory=dict)

@@ -31,6 +31,7 @@ from ..layers.attention import alibi_uses_triton
 from .model_runner import PagedDecodeGraphs
 from .paged_kv import PagedBatch, PagedKVCache, SequenceChunk
 from .request import CANCELLED, FAILED, FINISHED, Request, select_next_ids
+from .token2wav import decode_batch
 from .scheduler import FinishReason, SchedulerConfig, make_scheduler
 
 log = logging.getLogger("editx")
@@ -51,10 +52,12 @@ class Engine:
     """Continuous-batching LLM + streaming decoder over shared models (see module doc)."""
 
     def __init__(self, llm, sched_config: SchedulerConfig, logit_bias: Optional[torch.Tensor] = None,
-                 scheduler_impl: str = "cpp", attention_backend: str = "auto", decode_graphs: str = "auto") -> None:
+                 scheduler_impl: str = "cpp", attention_backend: str = "auto", decode_graphs: str = "auto",
+                 batch_decoder: bool = True) -> None:
         """decode_graphs: "auto" (CUDA graphs for decode-only steps when the model is on CUDA and the
         paged attention runs the Triton kernel), "cuda", "static" (same static buffers, eager: tests),
-        or "off"."""
+        or "off". batch_decoder: run the decoder items of one step as one batch across streams
+        (results equal per-stream decoding up to floating-point reduction order)."""
         self.llm = llm
         self.config = sched_config
         self.scheduler = make_scheduler(sched_config, scheduler_impl)
@@ -63,6 +66,7 @@ class Engine:
         self.graphs = self._decode_graphs(decode_graphs, attention_backend)
         _LIVE_ENGINES.add(self)
         self.logit_bias = logit_bias
+        self.batch_decoder = batch_decoder
         self.attention_backend = attention_backend
         self._requests: dict[int, Request] = {}
         self._lock = threading.Lock()          # guards _requests
@@ -164,8 +168,8 @@ class Engine:
             self.cache.copy_blocks([tuple(p) for p in plan.copies.tolist()])
         if len(plan.scheduled_req_ids):
             self._run_llm(plan)
-        for item in plan.decoder:
-            self._run_decoder(item, now)
+        if plan.decoder:
+            self._run_decoders(plan.decoder)
 
     def _run_llm(self, plan) -> None:
         chunks, sample_rows = [], []
@@ -201,27 +205,36 @@ class Engine:
             req.stop_reason = "length"
             self.scheduler.finish(req.id, FinishReason.LENGTH)
 
-    def _run_decoder(self, item, now: float) -> None:
-        req = self._requests.get(item.req_id)
-        if req is None or req.cancel_event.is_set():
-            return
-        try:
+    def _run_decoders(self, items) -> None:
+        """Run this step's decoder items: one `decode_batch` over all their streams (set-ups,
+        flow chunks and vocoder calls of different streams batched); a failure ends only its stream."""
+        work, owners = [], []
+        for item in items:
+            req = self._requests.get(item.req_id)
+            if req is None or req.cancel_event.is_set():
+                continue
             # The item's window [start, start + num_feed) is the chunk plus its lookahead; the
             # lookahead ids were already fed with the previous item, so feed only the new ones.
             end = item.start + item.num_feed
             ids = [t - AUDIO_ID_BASE for t in req.generated[req.decoded:end]]
             req.decoded = max(req.decoded, end)
-            chunks = req.t2w.push(ids, last=bool(item.is_last))
-            for k, audio in enumerate(chunks):
-                last = bool(item.is_last) and k == len(chunks) - 1
-                self._emit(req, audio, last)
-            if item.is_last and not chunks:
-                self._emit(req, torch.zeros(0), True)
-            seconds = sum(c.numel() for c in chunks) / OUTPUT_RATE
-        except Exception as exc:  # this stream fails; the others continue
-            self._fail(req, exc)
+            work.append((req.t2w, ids, bool(item.is_last)))
+            owners.append((req, bool(item.is_last)))
+        if not work:
             return
-        self.scheduler.decoder_done(req.id, seconds, time.monotonic())
+        if self.batch_decoder:
+            results = decode_batch(work, return_exceptions=True)
+        else:
+            results = [_push(stream, ids, last) for stream, ids, last in work]
+        for (req, is_last), result in zip(owners, results):
+            if isinstance(result, BaseException):
+                self._fail(req, result)
+                continue
+            for k, audio in enumerate(result):
+                self._emit(req, audio, is_last and k == len(result) - 1)
+            if is_last and not result:
+                self._emit(req, torch.zeros(0), True)
+            self.scheduler.decoder_done(req.id, sum(c.numel() for c in result) / OUTPUT_RATE, time.monotonic())
 
     def _emit(self, req: Request, audio: torch.Tensor, last: bool) -> None:
         samples = np.ascontiguousarray(audio.detach().float().cpu().numpy().reshape(-1), dtype=np.float32)
@@ -259,6 +272,13 @@ class Engine:
         for req in live:
             if not req.done:
                 self._fail(req, exc)
+
+
+def _push(stream, ids, last):
+    try:
+        return stream.push(ids, last=last)
+    except Exception as exc:  # this stream fails; the others continue
+        return exc
 
 
 def _ended_with_last(req: Request) -> bool:

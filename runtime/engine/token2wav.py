@@ -2,7 +2,8 @@
 
 Upstream's `CosyVoice_stream_impl_` (spec §5, §6) keeps per-session caches on the model
 object; here every stream's state lives in its own `Token2WavStream`, and the models
-(`FlowModel`, `HiFTGenerator`) stay shared and read-only.
+(`FlowModel`, `HiFTGenerator`) stay shared and read-only. `decode_batch` runs the pushes of
+many streams together: their set-ups, flow chunks and HiFT calls as batched tensor ops.
 
 Mixed ids are LLM ids − 65536: per 5-id group two vq02 codes (0..1023) then three
 1024 + vq06 codes (spec §5.4).
@@ -10,16 +11,18 @@ Mixed ids are LLM ids − 65536: per 5-id group two vq02 codes (0..1023) then th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from ..errors import InvalidInputError
 from ..models.flow import FlowModel, reshape_mixed_tokens
-from ..models.flow.streaming import FlowStreamState, inference_chunk, next_stream_action, setup_stream
-from ..models.flow.tokens import mixed_len
-from ..models.hift import HiFTGenerator, HiFTStreamState
+from ..models.flow.streaming import (FlowStreamState, inference_chunk, inference_chunk_batch, next_stream_action,
+                                     setup_stream, setup_stream_batch)
+from ..models.flow.tokens import check_pair_ids, mixed_len
+from ..models.hift import HiFTGenerator, HiFTStreamState, draw_nsf
+from ..models.hift_stream import vocode_chunk_batch
 
 # One NSF draw set per HiFT call: (call index, samples) -> (rand_ini, sine_noise) or None to sample.
 DrawProvider = Callable[[int, int], Optional[tuple[torch.Tensor, torch.Tensor]]]
@@ -93,6 +96,29 @@ class Token2Wav:
         return ids
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One decoder action of a stream: the flow set-up on its first ids, or one chunk (flush if last)."""
+
+    setup: bool
+    ids: tuple[int, ...]
+    last: bool = False
+
+    def pairs(self) -> torch.Tensor:
+        """[1, T, 2] flow token pairs of the step's ids (on the CPU)."""
+        return reshape_mixed_tokens(torch.tensor(self.ids, dtype=torch.long))[None]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one push does: its steps in order and the bookkeeping after them."""
+
+    steps: tuple[_Step, ...]
+    buffer: list[int]
+    chunk_sizes: tuple[int, ...]
+    last: bool
+
+
 @dataclass
 class Token2WavStream:
     """Per-request streaming decoder (upstream token2wav_stream, spec §6).
@@ -100,6 +126,7 @@ class Token2WavStream:
     `push(ids, last)` appends mixed ids and returns the waveform chunks they complete:
     set-up after the first 5 ids (prompt caches, no audio), then chunks of 15, 24, then
     48 token frames (+3 lookahead frames), and everything left on `last`.
+    `decode_batch` does the pushes of several streams at once (batched flow and HiFT).
     """
 
     decoder: Token2Wav
@@ -129,49 +156,229 @@ class Token2WavStream:
         pushes. One deliberate difference: when the set-up lands on the very last id (a
         5-id output), upstream emits nothing; we flush those frames instead.
         """
+        plan = self._plan(ids, last)
+        out: list[torch.Tensor] = []
+        for step in plan.steps:
+            if step.setup:
+                self._setup(step)
+            else:
+                out.append(self._run(step))
+        self._commit(plan)
+        return out
+
+    # -- planning (pure: no model work, no state change) ---------------------------------
+    def _plan(self, ids, last: bool) -> _Plan:
         if self.finished:
             raise InvalidInputError("stream already finished (push after last=True)")
         new = torch.as_tensor(ids, dtype=torch.long).reshape(-1).tolist()
-        out: list[torch.Tensor] = []
-        for k, tok in enumerate(new):
-            self.buffer.append(int(tok))
-            out.extend(self._act(last=last and k == len(new) - 1))
-        if last and not new and self.flow_state is not None and self.buffer:
-            out.extend(self._act(last=True))
-        self.finished = last
-        return out
-
-    def _act(self, last: bool) -> list[torch.Tensor]:
         lookahead = self.decoder.flow.cfg.encoder.pre_lookahead_len
-        action = next_stream_action(len(self.buffer), self.flow_state is not None, self.chunk_sizes, last, lookahead)
-        if action.kind == "wait":
-            return []
-        if action.kind == "setup":
-            self._setup(action.take)
-            return self._run(len(self.buffer), len(self.buffer), last=True) if last else []
-        self.chunk_sizes = action.chunk_sizes
-        return self._run(action.take, action.advance, last=action.kind == "flush")
+        buffer, sizes, ready = list(self.buffer), self.chunk_sizes, self.flow_state is not None
+        steps: list[_Step] = []
 
-    def _setup(self, take: int) -> None:
+        def act(is_last: bool) -> None:
+            nonlocal sizes, ready
+            action = next_stream_action(len(buffer), ready, sizes, is_last, lookahead)
+            if action.kind == "wait":
+                return
+            if action.kind == "setup":
+                steps.append(_Step(True, tuple(buffer[:action.take])))
+                ready = True
+                if is_last:  # our flush-instead-of-nothing (see push)
+                    steps.append(_Step(False, tuple(buffer), last=True))
+                    buffer.clear()
+                return
+            sizes = action.chunk_sizes
+            steps.append(_Step(False, tuple(buffer[:action.take]), last=action.kind == "flush"))
+            del buffer[:action.advance]
+
+        for k, tok in enumerate(new):
+            buffer.append(int(tok))
+            act(last and k == len(new) - 1)
+        if last and not new and ready and buffer:
+            act(True)
+        return _Plan(tuple(steps), buffer, sizes, bool(last))
+
+    def _commit(self, plan: _Plan) -> None:
+        self.buffer, self.chunk_sizes, self.finished = plan.buffer, plan.chunk_sizes, plan.last
+
+    # -- single-stream execution ---------------------------------------------------------
+    def _setup(self, step: _Step) -> None:
         d, v = self.decoder, self.voice
-        look = reshape_mixed_tokens(torch.tensor(self.buffer[:take]))[None].to(d.device)
-        self.flow_state = setup_stream(d.flow, v.prompt_pairs.to(d.device), look, v.prompt_feat.to(d.device),
-                                       v.embedding.to(d.device), d.noise, n_timesteps=d.n_timesteps)
+        self.flow_state = setup_stream(d.flow, v.prompt_pairs.to(d.device), step.pairs().to(d.device),
+                                       v.prompt_feat.to(d.device), v.embedding.to(d.device), d.noise,
+                                       n_timesteps=d.n_timesteps)
 
-    def _run(self, take: int, advance: int, last: bool) -> list[torch.Tensor]:
+    def _run(self, step: _Step) -> torch.Tensor:
         d = self.decoder
-        pairs = reshape_mixed_tokens(torch.tensor(self.buffer[:take]))[None].to(d.device)
-        mel, self.flow_state = inference_chunk(d.flow, pairs, self.flow_state, last, d.noise)
-        del self.buffer[:advance]
-        n_samples = (mel.shape[2] + (self.hift_state.mel.shape[2] if self.hift_state.started else 0)) \
-            * d.hift.config.upsample_scale
+        mel, self.flow_state = inference_chunk(d.flow, step.pairs().to(d.device), self.flow_state, step.last,
+                                               d.noise)
+        n_samples = self._hift_samples(mel)
         draws = self.draws(self.hift_calls, n_samples) if self.draws else None
-        audio, self.hift_state, source = d.hift.vocode_chunk(mel, self.hift_state, last=last, draws=draws,
+        audio, self.hift_state, source = d.hift.vocode_chunk(mel, self.hift_state, last=step.last, draws=draws,
                                                              generator=self.generator, return_source=True)
         if self.record:
             self.trace.append((mel, source))
         self.hift_calls += 1
-        return [audio[0].float()]
+        return audio[0].float()
+
+    def _hift_samples(self, mel: torch.Tensor, hift_state: Optional[HiFTStreamState] = None) -> int:
+        """Samples of the HiFT call that vocodes `mel` [1, 80, T] (cached mel frames included)."""
+        state = self.hift_state if hift_state is None else hift_state
+        return (mel.shape[2] + (state.mel.shape[2] if state.started else 0)) * self.decoder.hift.config.upsample_scale
+
+    def _nsf_draws(self, call: int, n_samples: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """This stream's NSF draws for HiFT call `call`: the provider's, else the numbers
+        `HiFTGenerator.inference` would draw (from the stream's generator, or `device`'s default one).
+        They stay on the generator's device: the batch moves them to the model once, not per stream."""
+        draws = self.draws(call, n_samples) if self.draws else None
+        if draws is None:
+            where = self.generator.device if self.generator is not None else device
+            draws = draw_nsf(1, n_samples, self.decoder.hift.config.n_harmonic_channels, where, self.generator)
+        return draws
+
+
+# =======================================================================================
+# Several streams at once
+# =======================================================================================
+WorkItem = tuple[Token2WavStream, list[int], bool]  # (stream, new mixed ids, last)
+
+
+@dataclass
+class _Pending:
+    """One `decode_batch` entry while it runs: the stream's tentative state (committed at the end)."""
+
+    index: int
+    stream: Token2WavStream
+    plan: _Plan
+    flow_state: Optional[FlowStreamState]
+    hift_state: HiFTStreamState
+    hift_calls: int
+    chunks: list[torch.Tensor] = field(default_factory=list)
+    trace: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    draws: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # this round's NSF draws, kept for a retry
+    error: Optional[BaseException] = None
+
+
+def decode_batch(work: Sequence[WorkItem], return_exceptions: bool = False) -> list:
+    """Run `stream.push(ids, last)` for several different streams, batching their model work.
+
+    work: `(stream, ids, last)` per stream (each stream at most once). Returns, per entry, the
+    waveform chunks `stream.push(ids, last)` would return (same count and lengths, samples equal
+    up to floating-point reduction order) and leaves every stream in the state push would.
+
+    Each stream's pushes become a sequence of steps (set-up, chunks); step r of every stream
+    runs in round r: the set-ups of one decoder as one ragged `setup_stream_batch`, the chunks
+    of one decoder as one ragged `inference_chunk_batch` followed by `vocode_chunk_batch`.
+    NSF draws come from each stream's own provider / generator, in its own call order.
+
+    Errors: with `return_exceptions=False` the first error is raised and no stream is changed
+    (a stream's generator may have advanced). With `return_exceptions=True` a failing entry
+    gets its exception in its slot and its stream is left unchanged; a batched group that
+    fails is retried one stream at a time, so one bad stream never fails the others.
+    """
+    results: list = [None] * len(work)
+    pending: list[_Pending] = []
+    seen: set[int] = set()
+    for i, item in enumerate(work):
+        try:
+            pending.append(_pending_entry(i, item, seen))
+        except Exception as exc:
+            if not return_exceptions:
+                raise
+            results[i] = exc
+
+    for r in range(max((len(p.plan.steps) for p in pending), default=0)):
+        live = [p for p in pending if p.error is None and r < len(p.plan.steps)]
+        setups = _grouped([p for p in live if p.plan.steps[r].setup], lambda p: id(p.stream.decoder))
+        chunks = _grouped([p for p in live if not p.plan.steps[r].setup],
+                          lambda p: (id(p.stream.decoder), p.flow_state.n_timesteps))
+        for group in setups:
+            _run_isolated(_setup_group, group, r, return_exceptions)
+        for group in chunks:
+            _run_isolated(_chunk_group, group, r, return_exceptions)
+
+    for p in pending:
+        if p.error is not None:
+            results[p.index] = p.error
+            continue
+        s = p.stream
+        s.flow_state, s.hift_state, s.hift_calls = p.flow_state, p.hift_state, p.hift_calls
+        if s.record:
+            s.trace.extend(p.trace)
+        s._commit(p.plan)
+        results[p.index] = p.chunks
+    return results
+
+
+def _pending_entry(i: int, item: object, seen: set[int]) -> _Pending:
+    """Check and plan one work entry (no state changes)."""
+    if not isinstance(item, (tuple, list)) or len(item) != 3:
+        raise InvalidInputError(f"work[{i}]: expected (stream, ids, last), got {type(item).__name__}")
+    stream, ids, last = item
+    if not isinstance(stream, Token2WavStream):
+        raise InvalidInputError(f"work[{i}]: expected a Token2WavStream, got {type(stream).__name__}")
+    if id(stream) in seen:
+        raise InvalidInputError(f"work[{i}]: this stream is already in the batch (one entry per stream)")
+    seen.add(id(stream))
+    plan = stream._plan(ids, bool(last))
+    vocab = stream.decoder.flow.cfg.vocab_size
+    for k, step in enumerate(plan.steps):  # bad ids fail their own entry here, never the batch
+        check_pair_ids(step.pairs(), vocab, f"work[{i}] ids (step {k})", allow_negative=False)
+    return _Pending(i, stream, plan, stream.flow_state, stream.hift_state, stream.hift_calls)
+
+
+def _grouped(items: list[_Pending], key) -> list[list[_Pending]]:
+    groups: dict = {}
+    for p in items:
+        groups.setdefault(key(p), []).append(p)
+    return list(groups.values())
+
+
+def _run_isolated(run, group: list[_Pending], r: int, return_exceptions: bool) -> None:
+    """run(group, r) as one batch; on failure (with return_exceptions) retry each entry alone."""
+    try:
+        run(group, r)
+    except Exception as exc:
+        if not return_exceptions:
+            raise
+        if len(group) == 1:
+            group[0].error = exc
+            return
+        for p in group:
+            try:
+                run([p], r)
+            except Exception as single:
+                p.error = single
+
+
+def _setup_group(group: list[_Pending], r: int) -> None:
+    """Round r's set-ups of streams sharing one decoder, as one ragged batch."""
+    d = group[0].stream.decoder
+    voices = [p.stream.voice for p in group]
+    states = setup_stream_batch(
+        d.flow, [v.prompt_pairs for v in voices], [p.plan.steps[r].pairs() for p in group],
+        [v.prompt_feat for v in voices], [v.embedding for v in voices], d.noise, n_timesteps=d.n_timesteps)
+    for p, state in zip(group, states):
+        p.flow_state = state
+
+
+def _chunk_group(group: list[_Pending], r: int) -> None:
+    """Round r's chunks of streams sharing one decoder: one ragged flow batch, then HiFT by shape."""
+    d = group[0].stream.decoder
+    steps = [p.plan.steps[r] for p in group]
+    mels, flow_states = inference_chunk_batch(d.flow, [s.pairs() for s in steps], [p.flow_state for p in group],
+                                              [s.last for s in steps], d.noise)
+    for p, mel in zip(group, mels):
+        if p.draws is None:  # drawn once per round: a retry after a failed batch reuses them
+            p.draws = p.stream._nsf_draws(p.hift_calls, p.stream._hift_samples(mel, p.hift_state), mel.device)
+    vocoded = vocode_chunk_batch(d.hift, mels, [p.hift_state for p in group], [s.last for s in steps],
+                                 [p.draws for p in group])
+    for p, mel, flow_state, (audio, hift_state, source) in zip(group, mels, flow_states, vocoded):
+        p.flow_state, p.hift_state, p.draws = flow_state, hift_state, None
+        p.hift_calls += 1
+        p.chunks.append(audio[0].float())
+        if p.stream.record:
+            p.trace.append((mel, source))
 
 
 def mixed_ids_for_frames(frames: int) -> int:

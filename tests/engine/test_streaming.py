@@ -51,6 +51,19 @@ def test_collected_clone_is_the_concatenated_stream(rt, voices):
     assert np.array_equal(audio.samples, np.concatenate([c.samples for c in chunks]))
 
 
+def assert_same_result(got, want):
+    """Concurrent vs sequential: token ids are identical (asserted by the callers where they have
+    them); audio equal up to floating-point reduction order. Batched decoding reorders sums in the
+    flow (measured mel differences <= 1e-6) and the NSF source integrates f0 over each chunk, so on
+    the saturating random-weight vocoder single samples move by up to ~5e-3 while the relative RMS
+    difference stays ~2.5e-4 (measured); 2e-3 / 0.02 leave margin and still catch any misrouted
+    chunk (which is O(1))."""
+    assert got.shape == want.shape
+    diff = np.abs(got - want)
+    rel_rms = float(np.sqrt((diff ** 2).mean() / max((want ** 2).mean(), 1e-12)))
+    assert rel_rms <= 2e-3 and float(diff.max()) <= 0.02, (rel_rms, float(diff.max()))
+
+
 def _sequential(rt, jobs):
     return [np.concatenate([c.samples for c in drain(rt.stream_clone(v, "A prompt.", t, seed=s,
                                                                       sampling=params(rt)))])
@@ -77,7 +90,7 @@ def test_threads_equal_sequential(rt, voices):
     for th in threads:
         th.join(timeout=300)
     for got, want in zip(results, expected):
-        assert np.array_equal(got, want)
+        assert_same_result(got, want)
 
 
 def test_asyncio_equals_sequential(rt, voices):
@@ -92,7 +105,20 @@ def test_asyncio_equals_sequential(rt, voices):
         return await asyncio.gather(*(one(*job) for job in jobs))
 
     for got, want in zip(asyncio.run(main()), expected):
-        assert np.array_equal(got, want)
+        assert_same_result(got, want)
+
+
+def test_unbatched_decoder_is_bit_identical_to_sequential(voices):
+    """With batch_decoder=False nothing is batched across streams but the LLM rows: concurrent
+    requests then give bit-identical audio and tokens to one-by-one runs."""
+    from editx import Runtime
+
+    with Runtime.from_pretrained("dummy:tiny", batch_decoder=False) as rt:
+        jobs = _jobs(voices)[:3]
+        expected = _sequential(rt, jobs)
+        streams = [rt.stream_clone(v, "A prompt.", t, seed=s, sampling=params(rt)) for v, t, s in jobs]
+        for stream, want in zip(streams, expected):
+            assert np.array_equal(np.concatenate([c.samples for c in drain(stream)]), want)
 
 
 def _wait_idle(rt, timeout=60.0):
@@ -114,7 +140,7 @@ def test_cancel_mid_stream_frees_everything_and_spares_others(rt, voices):
     assert isinstance(first, AudioChunk)
     doomed.close()  # cancel mid-stream
     got = np.concatenate([c.samples for c in drain(other)])
-    assert np.array_equal(got, other_expected)
+    assert_same_result(got, other_expected)
     after = _wait_idle(rt)
     assert after["used_blocks"] == baseline["used_blocks"] == 0
     assert after["free_blocks"] == baseline["free_blocks"]
@@ -137,10 +163,11 @@ def test_decoder_failure_fails_only_that_stream(rt, voices, monkeypatch):
     good = rt.stream_clone(voices[0], "A prompt.", "Fine.", seed=5, sampling=params(rt))
     bad = rt.stream_clone(voices[1], "A prompt.", "Broken.", seed=6, sampling=params(rt))
 
-    def boom(*args, **kwargs):
-        raise RuntimeError("injected decoder failure")
+    class Broken:  # a corrupt voice: any use inside the decoder raises
+        def __getattr__(self, name):
+            raise RuntimeError("injected decoder failure")
 
-    monkeypatch.setattr(bad.request.t2w, "push", boom)
+    monkeypatch.setattr(bad.request.t2w, "voice", Broken())
     with pytest.raises(RuntimeError, match="injected"):
         drain(bad)
     assert drain(good)[-1].is_last

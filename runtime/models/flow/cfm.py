@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .dit import DiT, DiTCache
+from ...errors import InvalidInputError
+from .dit import DiT, DiTCache, ragged_chunk_mask
+from .encoder import to_device_async
 
 
 def cosine_time_span(n_timesteps: int, device: torch.device | str) -> torch.Tensor:
@@ -119,19 +121,39 @@ class CausalConditionalCFM(nn.Module):
         noise: torch.Tensor,
         n_timesteps: int,
         cache: EstimatorStreamCache | None,
+        n_valid: Sequence[int] | None = None,
+        n_cached: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, EstimatorStreamCache]:
         """One streaming chunk: like `solve` but step k attends to the cached frames of step k.
 
         Returns (x `[B, 80, T]` float32, the new cache with this chunk's frames prepended).
+        Ragged batches (one stream per row): n_valid[b] = valid chunk frames of row b (the rest
+        of mu/cond/noise is right padding), n_cached[b] = valid frames of its cache rows (the
+        cache is right-padded too); the new cache keeps the layout [chunk, padded | cache, padded].
         """
         batch = mu.shape[0]
         mu_in, spks_in, cond_in = self._cfg_inputs(mu, spks, cond)
         new_caches: list[DiTCache] = []
+        mask, rows_valid = None, None
+        if n_valid is not None:
+            n_cached = [0] * batch if n_cached is None else list(n_cached)
+            if len(n_valid) != batch or len(n_cached) != batch:
+                raise InvalidInputError(f"n_valid/n_cached: expected {batch} entries (one per row of mu), "
+                                        f"got {len(n_valid)}/{len(n_cached)}")
+            width, cache_width = mu.shape[2], 0 if cache is None else cache.frames
+            rows, cached_rows = [*n_valid, *n_valid], [*n_cached, *n_cached]  # [cond rows; uncond rows]
+            mask = ragged_chunk_mask(rows, cached_rows, width, cache_width, mu.device)
+            if min(rows) < width:
+                rows_valid = to_device_async(torch.tensor(rows), mu.device)
+
+        # Ragged arguments only when something is padded: estimator stand-ins (exported graphs)
+        # take the plain signature, and an unpadded batch needs nothing else.
+        ragged = {} if mask is None and rows_valid is None else {"mask": mask, "n_valid": rows_valid}
 
         def velocity(x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
             v, step_cache = self.estimator.forward_chunk(
                 torch.cat([x, x], dim=0), mu_in, t.expand(2 * batch), spks_in, cond_in,
-                None if cache is None else cache.step(step))
+                None if cache is None else cache.step(step), **ragged)
             new_caches.append(step_cache)
             return self._guided(v, batch)
 

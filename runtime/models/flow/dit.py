@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from torch import nn
 from ...layers.attention import dit_attention
 from ...layers.norms import adaln_modulate
 from .config import DiTConfig
+from .encoder import to_device_async, valid_tail
 
 _CONV_KERNEL = 3
 
@@ -74,10 +76,13 @@ class DiTAttention(nn.Module):
         """
         b, t, _ = x.shape
         heads = (b, t, self.n_heads, self.head_dim)  # [B, T, H, hd] views of the projections
+        # A key mask over cached keys (ragged multi-stream chunks) has no kernel: run the reference
+        # even when the Triton backend is forced, rather than fail the whole batch.
+        backend = "reference" if mask is not None and cache is not None else "auto"
         out, k, v = dit_attention(
             self.to_q(x).view(heads), self.to_k(x).view(heads), self.to_v(x).view(heads),
             (self.q_norm.weight, self.q_norm.bias, self.q_norm.eps),
-            (self.k_norm.weight, self.k_norm.bias, self.k_norm.eps), mask, cache)
+            (self.k_norm.weight, self.k_norm.bias, self.k_norm.eps), mask, cache, backend=backend)
         return self.proj(out), k, v
 
 
@@ -97,18 +102,23 @@ class CausalConvBlock(nn.Module):
         )
 
     @staticmethod
-    def _causal(conv: nn.Conv1d, x: torch.Tensor, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x `[B, C, T]`, cache `[B, C, k−1]` (earlier input frames; zeros at the start)."""
+    def _causal(conv: nn.Conv1d, x: torch.Tensor, cache: torch.Tensor | None,
+                n_valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x `[B, C, T]`, cache `[B, C, k−1]` (earlier input frames; zeros at the start); n_valid `[B]`
+        valid frames per row of a right-padded batch (None: all T), whose last ones become the cache."""
         if cache is None:
             cache = x.new_zeros(x.shape[0], x.shape[1], _CONV_KERNEL - 1)
         x = torch.cat([cache, x], dim=2)
-        return conv(x), x[..., -(_CONV_KERNEL - 1):]
+        tail = x[..., -(_CONV_KERNEL - 1):] if n_valid is None else valid_tail(x, n_valid, _CONV_KERNEL - 1)
+        return conv(x), tail
 
-    def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """x `[B, T, C]`; cache `[B, 2, C, k−1]` (conv1, conv2 inputs) → (`[B, T, C]`, new cache)."""
-        h, cache1 = self._causal(self.block[1], x.transpose(1, 2), None if cache is None else cache[:, 0])
+    def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None,
+                n_valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x `[B, T, C]`; cache `[B, 2, C, k−1]` (conv1, conv2 inputs) → (`[B, T, C]`, new cache).
+        n_valid `[B]`: valid frames per row of a right-padded (ragged) batch, None if all are."""
+        h, cache1 = self._causal(self.block[1], x.transpose(1, 2), None if cache is None else cache[:, 0], n_valid)
         h = self.block[4](self.block[3](h.transpose(1, 2)))
-        h, cache2 = self._causal(self.block[6], h.transpose(1, 2), None if cache is None else cache[:, 1])
+        h, cache2 = self._causal(self.block[6], h.transpose(1, 2), None if cache is None else cache[:, 1], n_valid)
         return h.transpose(1, 2), torch.stack([cache1, cache2], dim=1)
 
 
@@ -159,8 +169,10 @@ class DiTBlock(nn.Module):
         mask: torch.Tensor | None,
         att_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
         conv_cache: torch.Tensor | None = None,
+        n_valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x `[B, T, D]`, c `[B, 1, D]` → (x, keys, values, conv cache).
+        """x `[B, T, D]`, c `[B, 1, D]` → (x, keys, values, conv cache); n_valid `[B]` (ragged
+        batches) = valid frames per row, for the conv cache.
 
         Each `adaln_modulate` is modulate(norm(x)) after the previous branch's gated residual
         (one fused kernel on CUDA): x += g·branch; y = LN(x)·(1 + scale) + shift.
@@ -170,7 +182,7 @@ class DiTBlock(nn.Module):
         y, _ = adaln_modulate(x, shift_msa, scale_msa, self.norm1.eps)
         att, k, v = self.attn(y, mask, att_cache)
         y, x = adaln_modulate(x, shift_conv, scale_conv, self.norm3.eps, residual=att, gate=gate_msa)
-        conv, conv_cache = self.conv(y, conv_cache)
+        conv, conv_cache = self.conv(y, conv_cache, n_valid)
         y, x = adaln_modulate(x, shift_mlp, scale_mlp, self.norm2.eps, residual=conv, gate=gate_conv)
         x = x + gate_mlp * self.mlp(y)
         return x, k, v, conv_cache
@@ -238,16 +250,37 @@ class DiT(nn.Module):
         spks: torch.Tensor,
         cond: torch.Tensor,
         cache: DiTCache | None,
+        mask: torch.Tensor | None = None,
+        n_valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, DiTCache]:
-        """Velocity for one streaming chunk (shapes as `forward`, no mask: the chunk attends to
-        itself and every cached frame) → (`[B, 80, T]`, new cache with this chunk prepended)."""
+        """Velocity for one streaming chunk (shapes as `forward`; the chunk attends to itself and
+        every cached frame) → (`[B, 80, T]`, new cache with this chunk prepended).
+
+        Ragged batches (several streams, right-padded chunks and caches): mask `[B, 1, T+Tc]`
+        from `ragged_chunk_mask` hides padded keys, n_valid `[B]` = valid chunk frames per row
+        (their last ones feed the conv caches). Padded query rows compute garbage, never read.
+        """
         h, c = self._inputs(x, mu, t, spks, cond)
         keys, values, convs = [], [], []
         for i, block in enumerate(self.blocks):
             att_cache = None if cache is None else (cache.k[i], cache.v[i])
-            h, k, v, conv = block(h, c, None, att_cache, None if cache is None else cache.conv[i])
+            h, k, v, conv = block(h, c, mask, att_cache, None if cache is None else cache.conv[i], n_valid)
             keys.append(k)
             values.append(v)
             convs.append(conv)
         new_cache = DiTCache(k=torch.stack(keys), v=torch.stack(values), conv=torch.stack(convs))
         return self.final_layer(h, c).transpose(1, 2), new_cache
+
+
+def ragged_chunk_mask(n_new: Sequence[int], n_cached: Sequence[int], width: int, cache_width: int,
+                      device: torch.device | str) -> torch.Tensor | None:
+    """Key mask `[B, 1, width + cache_width]` (True = attend) of a ragged streaming batch whose keys
+    are [chunk frames, right-padded to `width` | cached frames, right-padded to `cache_width`]:
+    row b sees its first n_new[b] chunk keys and its first n_cached[b] cached keys.
+    None when no row is padded (lengths are host ints: no device sync)."""
+    if min(n_new) == width and min(n_cached, default=0) == cache_width:
+        return None
+    pos = torch.arange(width + cache_width)  # built on the host, copied once
+    new = pos < torch.tensor(list(n_new))[:, None]
+    old = (pos >= width) & (pos < width + torch.tensor(list(n_cached))[:, None])
+    return to_device_async((new | old).unsqueeze(1), device)

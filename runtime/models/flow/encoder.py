@@ -154,14 +154,19 @@ class PreLookaheadLayer(nn.Module):
         h = self.conv2(F.pad(h, (_PRE_CONV2_CONTEXT, 0)))
         return h.transpose(1, 2) + x
 
-    def forward_chunk(self, x: torch.Tensor, cache: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_chunk(
+        self, x: torch.Tensor, cache: torch.Tensor | None, lengths: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x `[B, T, C]` whose last L frames are lookahead; cache `[B, C, 2]` (conv1 outputs of the
-        previous frames, zeros at stream start) → (`[B, T−L, C]`, new cache `[B, C, 2]`)."""
+        previous frames, zeros at stream start) → (`[B, T−L, C]`, new cache `[B, C, 2]`).
+
+        lengths `[B]` (ragged batches): valid output frames per row (the rest is right padding);
+        the new cache then holds each row's last valid conv1 outputs."""
         h = F.leaky_relu(self.conv1(x.transpose(1, 2)))  # [B, C, T-L]
         if cache is None:
             cache = h.new_zeros(h.shape[0], h.shape[1], _PRE_CONV2_CONTEXT)
         h = torch.cat([cache, h], dim=2)
-        new_cache = h[..., -_PRE_CONV2_CONTEXT:]
+        new_cache = h[..., -_PRE_CONV2_CONTEXT:] if lengths is None else valid_tail(h, lengths, _PRE_CONV2_CONTEXT)
         out = self.conv2(h).transpose(1, 2)
         return out + x[:, : out.shape[1]], new_cache
 
@@ -179,14 +184,18 @@ class Upsample1D(nn.Module):
     def context(self) -> int:
         return self.stride * 2
 
-    def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, cache: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x `[B, C, T]`, cache `[B, C, 2·stride]` of earlier upsampled frames (zeros at the start)
-        → (`[B, C, stride·T]`, new cache)."""
+        → (`[B, C, stride·T]`, new cache). lengths `[B]` (ragged batches): valid input frames per
+        row; the new cache then holds each row's last valid upsampled frames."""
         up = F.interpolate(x, scale_factor=self.scale_factor, mode="nearest")
         if cache is None:
             cache = up.new_zeros(up.shape[0], up.shape[1], self.context)
         up = torch.cat([cache, up], dim=2)
-        return self.conv(up), up[..., -self.context:]
+        tail = up[..., -self.context:] if lengths is None else valid_tail(up, lengths * self.stride, self.context)
+        return self.conv(up), tail
 
 
 # -- streaming cache ------------------------------------------------------------------
@@ -286,9 +295,124 @@ class UpsampleConformerEncoderV2(nn.Module):
         new_cache = EncoderChunkCache(lookahead_conv=lookahead_conv, up_conv=up_conv, k=k, v=v, up_k=up_k, up_v=up_v)
         return self.after_norm(h), new_cache
 
+    def forward_chunk_ragged(
+        self,
+        xs: torch.Tensor,
+        lengths: Sequence[int],
+        caches: Sequence[EncoderChunkCache | None],
+        last: Sequence[bool],
+    ) -> tuple[torch.Tensor, list[int], list[EncoderChunkCache]]:
+        """`forward_chunk` of several streams in one batch (ragged: each row its own chunk and cache).
+
+        xs `[B, T, D]` embedded token frames, row b valid for its first lengths[b] frames (right
+        padding after); caches[b] (None = stream start) and last[b] as `forward_chunk` takes them.
+        Row b's result equals `forward_chunk(xs[b:b+1, :lengths[b]], caches[b], last[b])` up to
+        floating-point reduction order. Returns (h `[B, stride·T'_max, D]`, right-padded; the
+        valid mel-rate frames per row stride·T'_b; the new cache of every row).
+
+        Layout: attention keys are [cache, left-padded to the longest | chunk, right-padded], so
+        query and key positions differ by the same amount in every row as they do unbatched (the
+        relative-position scores need no per-row shift); padded keys are masked out.
+        """
+        look, stride = self.pre_lookahead_len, self.up_layer.stride
+        batch = xs.shape[0]
+        if not (len(lengths) == len(caches) == len(last) == batch):
+            raise InvalidInputError(f"lengths/caches/last: expected {batch} entries each (one per row of xs), "
+                                    f"got {len(lengths)}/{len(caches)}/{len(last)}")
+        n_in = [int(n) + (look if end else 0) for n, end in zip(lengths, last)]  # with the zero lookahead
+        n_out = [n - look for n in n_in]
+        if min(lengths) < 1 or min(n_out) < 1 or max(lengths) > xs.shape[1]:
+            raise InvalidInputError(f"lengths: each row needs 1..{xs.shape[1]} frames and more than the "
+                                    f"{look} lookahead frames unless last, got {list(lengths)}")
+        width = max(n_in)
+        h = self.embed(xs[:, :width])
+        h = F.pad(h, (0, 0, 0, width - h.shape[1]))
+        # Zero every frame past a row's tokens: the last chunk's zero lookahead (as `forward_chunk` pads).
+        padding = torch.arange(width) >= torch.tensor(list(lengths))[:, None]  # [B, width], built on the host
+        h = h.masked_fill(to_device_async(padding, h.device)[..., None], 0.0)  # [B, width, D]
+        out_len = to_device_async(torch.tensor(n_out), h.device)
+
+        def per_row(name: str) -> list:
+            return [None if c is None else getattr(c, name) for c in caches]  # None: a stream's first chunk
+
+        h, lookahead_conv = self.pre_lookahead_layer.forward_chunk(
+            h, _stack_rows(per_row("lookahead_conv")), out_len)  # [B, T'max, D]
+        h, (k, v) = self._ragged_layers(self.encoders, h, per_row("k"), per_row("v"), n_out)
+        h, up_conv = self.up_layer(h.transpose(1, 2), _stack_rows(per_row("up_conv")), out_len)
+        h = self.up_embed(h.transpose(1, 2))  # [B, stride*T'max, D]
+        n_up = [stride * n for n in n_out]
+        h, (up_k, up_v) = self._ragged_layers(self.up_encoders, h, per_row("up_k"), per_row("up_v"), n_up)
+        new_caches = [
+            EncoderChunkCache(lookahead_conv=lookahead_conv[b:b + 1].clone(), up_conv=up_conv[b:b + 1].clone(),
+                              k=k[b], v=v[b], up_k=up_k[b], up_v=up_v[b])
+            for b in range(batch)
+        ]
+        return self.after_norm(h), n_up, new_caches
+
+    def _ragged_layers(
+        self,
+        layers: nn.ModuleList,
+        h: torch.Tensor,
+        k_rows: Sequence[torch.Tensor | None],
+        v_rows: Sequence[torch.Tensor | None],
+        n_new: Sequence[int],
+    ) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """Cached conformer layers over a ragged batch. h `[B, Tq, D]` (row b: n_new[b] valid frames);
+        k_rows[b], v_rows[b] `[n_layers, 1, H, Tc_b, d_k]` or None. Returns h and per-row new (k, v)."""
+        cached = [0 if k is None else int(k.shape[3]) for k in k_rows]
+        tc, tq = max(cached), h.shape[1]
+        packed = None
+        if tc > 0:
+            like = next(k for k in k_rows if k is not None)
+            packed = (_left_padded(k_rows, cached, like), _left_padded(v_rows, cached, like))
+        mask = None
+        if min(cached) < tc or min(n_new) < tq:
+            pos = torch.arange(tc + tq)
+            first = torch.tensor([tc - n for n in cached])[:, None]
+            end = torch.tensor([tc + n for n in n_new])[:, None]
+            mask = to_device_async(((pos >= first) & (pos < end)).unsqueeze(1), h.device)  # [B, 1, Tc+Tq]
+        h, k, v = _run_layers(layers, h, self._pos(tc + tq, h), packed, mask)  # k, v: [L, B, H, Tc+Tq, d_k]
+        rows = range(h.shape[0])
+        keep = [slice(tc - cached[b], tc + n_new[b]) for b in rows]
+        return h, ([k[:, b:b + 1, :, keep[b]].clone() for b in rows], [v[:, b:b + 1, :, keep[b]].clone() for b in rows])
+
     @property
     def pre_lookahead_len(self) -> int:
         return self.cfg.pre_lookahead_len
+
+
+def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host-built tensor (lengths, masks) on `device`. On CUDA it goes through pinned memory
+    with a non-blocking copy: a plain copy would wait for all queued GPU work."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def valid_tail(x: torch.Tensor, n_valid: torch.Tensor, width: int) -> torch.Tensor:
+    """x `[B, C, width + T]` = [`width` cached frames | T new frames, row b valid for n_valid[b]]
+    → `[B, C, width]`: each row's last `width` valid frames (the next chunk's conv context)."""
+    index = n_valid.to(x.device).long()[:, None] + torch.arange(width, device=x.device)  # [B, width]
+    return torch.gather(x, 2, index[:, None, :].expand(x.shape[0], x.shape[1], width))
+
+
+def _stack_rows(rows: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    """Per-stream conv caches `[1, C, K]` (None = stream start: zeros) → `[B, C, K]`; None if all are None."""
+    like = next((r for r in rows if r is not None), None)
+    if like is None:
+        return None
+    return torch.cat([torch.zeros_like(like) if r is None else r.to(like) for r in rows], dim=0)
+
+
+def _left_padded(rows: Sequence[torch.Tensor | None], lengths: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """Per-stream caches `[L, 1, H, T_b, d]` (None: T_b = 0) → `[L, B, H, max T_b, d]`, zeros in front."""
+    width = max(lengths)
+    out = like.new_zeros(like.shape[0], len(rows), like.shape[2], width, like.shape[4])
+    for b, (row, n) in enumerate(zip(rows, lengths)):
+        if n:
+            out[:, b:b + 1, :, width - n:] = row
+    return out
 
 
 def _run_layers(
@@ -296,13 +420,14 @@ def _run_layers(
     h: torch.Tensor,
     pos: torch.Tensor,
     cache: tuple[torch.Tensor, torch.Tensor] | None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run cached conformer layers without a mask; return h and the stacked new keys/values."""
+    """Run cached conformer layers (mask: ragged batches only); return h and the stacked new keys/values."""
     keys, values = [], []
     for i, layer in enumerate(layers):
         k_cache = None if cache is None else cache[0][i]
         v_cache = None if cache is None else cache[1][i]
-        h, k, v = layer(h, pos, None, k_cache, v_cache)
+        h, k, v = layer(h, pos, mask, k_cache, v_cache)
         keys.append(k)
         values.append(v)
     return h, torch.stack(keys), torch.stack(values)

@@ -16,12 +16,13 @@ exact only for continuations that start with the same 3 token frames.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 
 from ...errors import InvalidInputError
 from .cfm import EstimatorStreamCache
+from .dit import DiT
 from .encoder import EncoderChunkCache
 from .flow import FlowModel, align_prompt_mel, check_float, slice_noise
 from .tokens import check_pair_ids, mixed_len
@@ -69,23 +70,10 @@ def setup_stream(
     the model config (`n_timesteps`, `stream_att_left_context`).
     """
     n_timesteps = model.resolve_n_timesteps(n_timesteps)
-    left_context = model.cfg.stream_att_left_context if left_context is None else left_context
-    if not isinstance(left_context, int) or left_context < 1:
-        raise InvalidInputError(f"left_context: expected a positive int, got {left_context!r}")
-    lookahead = model.cfg.encoder.pre_lookahead_len
-    for name, pairs in (("prompt_pairs", prompt_pairs), ("lookahead_pairs", lookahead_pairs)):
-        check_pair_ids(pairs, model.cfg.vocab_size, name, allow_negative=False)
-        if pairs.shape[0] != 1:
-            raise InvalidInputError(f"{name}: batch size must be 1, got {pairs.shape[0]}")
-    if lookahead_pairs.shape[1] != lookahead:
-        raise InvalidInputError(
-            f"lookahead_pairs: expected {lookahead} token frames, got {lookahead_pairs.shape[1]}")
-    prompt_frames = model.cfg.token_mel_ratio * prompt_pairs.shape[1]
-    check_float(prompt_feat, "prompt_feat", (1, None, model.cfg.output_size))
-    cond = align_prompt_mel(prompt_feat, prompt_frames).to(model.device, model.dtype).transpose(1, 2)
+    left_context = _resolve_left_context(model, left_context)
+    tokens, cond, prompt_frames = _setup_inputs(model, prompt_pairs, lookahead_pairs, prompt_feat)
 
     spks = model.project_speaker(embedding)
-    tokens = torch.cat([prompt_pairs, lookahead_pairs.to(prompt_pairs.device)], dim=1)
     h, encoder_cache = model.encoder.forward_chunk(model.embed_tokens(tokens, clamp=False), None, last=False)
     mu = model.encoder_proj(h).transpose(1, 2)  # [1, 80, 2Tp]
     x0 = slice_noise(noise, 0, mu.shape[2], model.cfg.output_size).to(model.device)
@@ -110,16 +98,7 @@ def inference_chunk(
     offset = `state.noise_offset`. Returns (mel `[1, 80, 2·T']` float32, new state); the
     DiT cache of the new state is truncated to prompt + `state.left_context` frames.
     """
-    if not isinstance(state, FlowStreamState):
-        raise InvalidInputError(f"state: expected a FlowStreamState from setup_stream, got {type(state).__name__}")
-    check_pair_ids(pairs, model.cfg.vocab_size, "pairs", allow_negative=False)
-    if pairs.shape[0] != 1:
-        raise InvalidInputError(f"pairs: batch size must be 1, got {pairs.shape[0]}")
-    lookahead = model.cfg.encoder.pre_lookahead_len
-    if not last and pairs.shape[1] <= lookahead:
-        raise InvalidInputError(
-            f"pairs: a non-final chunk needs more than the {lookahead} lookahead frames, got {pairs.shape[1]}")
-
+    _check_chunk_inputs(model, pairs, state, last)
     h, encoder_cache = model.encoder.forward_chunk(model.embed_tokens(pairs, clamp=False), state.encoder, last)
     mu = model.encoder_proj(h).transpose(1, 2)  # [1, 80, T_mel]
     x0 = slice_noise(noise, state.noise_offset, mu.shape[2], model.cfg.output_size).to(model.device)
@@ -127,6 +106,243 @@ def inference_chunk(
         mu, state.spks, torch.zeros_like(mu), x0, state.n_timesteps, state.estimator)
     estimator_cache = estimator_cache.truncated(state.prompt_frames, state.left_context)
     return mel, replace(state, encoder=encoder_cache, estimator=estimator_cache)
+
+
+def _resolve_left_context(model: FlowModel, left_context: int | None) -> int:
+    left_context = model.cfg.stream_att_left_context if left_context is None else left_context
+    if not isinstance(left_context, int) or left_context < 1:
+        raise InvalidInputError(f"left_context: expected a positive int, got {left_context!r}")
+    return left_context
+
+
+def _setup_inputs(
+    model: FlowModel, prompt_pairs: torch.Tensor, lookahead_pairs: torch.Tensor, prompt_feat: torch.Tensor,
+    what: str = "",
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Check one stream's set-up inputs → (tokens `[1, Tp+L, 2]`, cond `[1, 80, 2·Tp]` in the module
+    dtype, prompt mel frames 2·Tp). `what` prefixes argument names (e.g. "[2]" for batch entry 2)."""
+    lookahead = model.cfg.encoder.pre_lookahead_len
+    for name, pairs in (("prompt_pairs", prompt_pairs), ("lookahead_pairs", lookahead_pairs)):
+        check_pair_ids(pairs, model.cfg.vocab_size, name + what, allow_negative=False)
+        if pairs.shape[0] != 1:
+            raise InvalidInputError(f"{name}{what}: batch size must be 1, got {pairs.shape[0]}")
+    if lookahead_pairs.shape[1] != lookahead:
+        raise InvalidInputError(
+            f"lookahead_pairs{what}: expected {lookahead} token frames, got {lookahead_pairs.shape[1]}")
+    prompt_frames = model.cfg.token_mel_ratio * prompt_pairs.shape[1]
+    check_float(prompt_feat, "prompt_feat" + what, (1, None, model.cfg.output_size))
+    cond = align_prompt_mel(prompt_feat, prompt_frames).to(model.device, model.dtype).transpose(1, 2)
+    tokens = torch.cat([prompt_pairs, lookahead_pairs.to(prompt_pairs.device)], dim=1)
+    return tokens, cond, prompt_frames
+
+
+def _check_chunk_inputs(model: FlowModel, pairs: torch.Tensor, state: FlowStreamState, last: bool,
+                        what: str = "") -> None:
+    if not isinstance(state, FlowStreamState):
+        raise InvalidInputError(
+            f"state{what}: expected a FlowStreamState from setup_stream, got {type(state).__name__}")
+    check_pair_ids(pairs, model.cfg.vocab_size, "pairs" + what, allow_negative=False)
+    if pairs.shape[0] != 1:
+        raise InvalidInputError(f"pairs{what}: batch size must be 1, got {pairs.shape[0]}")
+    lookahead = model.cfg.encoder.pre_lookahead_len
+    if not last and pairs.shape[1] <= lookahead:
+        raise InvalidInputError(
+            f"pairs{what}: a non-final chunk needs more than the {lookahead} lookahead frames, got {pairs.shape[1]}")
+
+
+# -- several streams at once (ragged batches) -------------------------------------------
+@torch.inference_mode()
+def setup_stream_batch(
+    model: FlowModel,
+    prompt_pairs: Sequence[torch.Tensor],
+    lookahead_pairs: Sequence[torch.Tensor],
+    prompt_feats: Sequence[torch.Tensor],
+    embeddings: Sequence[torch.Tensor],
+    noise: torch.Tensor,
+    n_timesteps: int | None = None,
+    left_context: int | None = None,
+) -> list[FlowStreamState]:
+    """`setup_stream` of B streams in one batched pass (prompts of any lengths).
+
+    Entry b takes the arguments `setup_stream` takes (prompt_pairs[b] `[1, Tp_b, 2]`,
+    lookahead_pairs[b] `[1, L, 2]`, prompt_feats[b] `[1, T_mel_b, 80]`, embeddings[b] `[1, 192]`);
+    noise, n_timesteps and left_context are shared. Returns B states, each equal to its
+    `setup_stream` state up to floating-point reduction order.
+    """
+    n_timesteps = model.resolve_n_timesteps(n_timesteps)
+    left_context = _resolve_left_context(model, left_context)
+    batch = _batch_size(prompt_pairs=prompt_pairs, lookahead_pairs=lookahead_pairs, prompt_feats=prompt_feats,
+                        embeddings=embeddings)
+    tokens, conds, prompt_frames = [], [], []
+    for b in range(batch):
+        t, c, n = _setup_inputs(model, prompt_pairs[b], lookahead_pairs[b], prompt_feats[b], f"[{b}]")
+        check_float(embeddings[b], f"embeddings[{b}]", (1, model.cfg.spk_embed_dim))
+        tokens.append(t)
+        conds.append(c)
+        prompt_frames.append(n)
+    if not _takes_batch(model, ragged=len(set(prompt_frames)) > 1):
+        return [setup_stream(model, *args, noise, n_timesteps, left_context)
+                for args in zip(prompt_pairs, lookahead_pairs, prompt_feats, embeddings)]
+
+    spks = model.project_speaker(torch.cat([e.to(model.device) for e in embeddings]))  # [B, 80]
+    xs = model.embed_tokens(_right_padded_pairs(tokens), clamp=False)
+    h, n_mel, encoder_caches = model.encoder.forward_chunk_ragged(
+        xs, [t.shape[1] for t in tokens], [None] * batch, [False] * batch)
+    mu = model.encoder_proj(h).transpose(1, 2)  # [B, 80, W]
+    cond = _right_padded_rows(conds, mu.shape[2])
+    x0 = _noise_rows(model, noise, [0] * batch, n_mel, mu.shape[2])
+    _, estimator = model.decoder.solve_chunk(mu, spks, cond, x0, n_timesteps, None, n_valid=n_mel)
+    return [
+        FlowStreamState(spks=spks[b:b + 1], encoder=encoder_caches[b],
+                        estimator=_unpack_estimator(estimator, b, batch, mu.shape[2], n_mel[b], 0),
+                        prompt_frames=prompt_frames[b], n_timesteps=n_timesteps, left_context=left_context)
+        for b in range(batch)
+    ]
+
+
+@torch.inference_mode()
+def inference_chunk_batch(
+    model: FlowModel,
+    pairs: Sequence[torch.Tensor],
+    states: Sequence[FlowStreamState],
+    last: Sequence[bool],
+    noise: torch.Tensor,
+) -> tuple[list[torch.Tensor], list[FlowStreamState]]:
+    """`inference_chunk` of B streams in one batched pass (ragged chunks and caches).
+
+    Entry b: pairs[b] `[1, T_b, 2]`, states[b] (all with the same n_timesteps), last[b], as
+    `inference_chunk` takes them; the noise buffer is shared (each stream reads it at its own
+    offset). Chunks, encoder caches and DiT caches are right/left-padded to the longest and
+    padded keys are masked, so each result equals its `inference_chunk` result up to
+    floating-point reduction order. Returns (mels `[1, 80, 2·T'_b]` float32, new states).
+    """
+    batch = _batch_size(pairs=pairs, states=states, last=last)
+    for b in range(batch):
+        _check_chunk_inputs(model, pairs[b], states[b], bool(last[b]), f"[{b}]")
+    steps = {s.n_timesteps for s in states}
+    if len(steps) != 1:
+        raise InvalidInputError(f"states: all streams of one batch need the same n_timesteps, got {sorted(steps)}")
+    shapes = {(p.shape[1], bool(end), s.estimator.frames) for p, end, s in zip(pairs, last, states)}
+    if not _takes_batch(model, ragged=len(shapes) > 1):
+        mels, new_states = [], []
+        for p, s, end in zip(pairs, states, last):
+            mel, state = inference_chunk(model, p, s, bool(end), noise)
+            mels.append(mel)
+            new_states.append(state)
+        return mels, new_states
+
+    xs = model.embed_tokens(_right_padded_pairs(pairs), clamp=False)
+    h, n_mel, encoder_caches = model.encoder.forward_chunk_ragged(
+        xs, [p.shape[1] for p in pairs], [s.encoder for s in states], [bool(x) for x in last])
+    mu = model.encoder_proj(h).transpose(1, 2)  # [B, 80, W]
+    x0 = _noise_rows(model, noise, [s.noise_offset for s in states], n_mel, mu.shape[2])
+    spks = torch.cat([s.spks for s in states])  # [B, 80]
+    cached = [s.estimator.frames for s in states]
+    mel, estimator = model.decoder.solve_chunk(
+        mu, spks, torch.zeros_like(mu), x0, steps.pop(), _pack_estimator([s.estimator for s in states]),
+        n_valid=n_mel, n_cached=cached)
+    mels, new_states = [], []
+    for b, state in enumerate(states):
+        mels.append(mel[b:b + 1, :, :n_mel[b]].clone())
+        est = _unpack_estimator(estimator, b, batch, mu.shape[2], n_mel[b], cached[b],
+                                state.prompt_frames, state.left_context)
+        new_states.append(replace(state, encoder=encoder_caches[b], estimator=est))
+    return mels, new_states
+
+
+def _takes_batch(model: FlowModel, ragged: bool) -> bool:
+    """Whether the model's modules can run these streams as one batch. Ours take ragged batches;
+    exported stand-ins (ONNX / TensorRT, `editx.export.backends`) run their own graphs: the DiT
+    chunk graph has no key mask (equal shapes only), the encoder has no ragged chunk entry.
+    Streams then run one by one: slower, same results."""
+    return hasattr(model.encoder, "forward_chunk_ragged") and (not ragged or isinstance(model.decoder.estimator, DiT))
+
+
+def _batch_size(**lists: Sequence) -> int:
+    sizes = {name: len(x) for name, x in lists.items()}
+    if len(set(sizes.values())) != 1 or min(sizes.values()) < 1:
+        raise InvalidInputError(f"{', '.join(sizes)}: expected one entry per stream (at least one), got "
+                                f"{', '.join(str(n) for n in sizes.values())}")
+    return next(iter(sizes.values()))
+
+
+def _right_padded_pairs(pairs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Token pairs `[1, T_b, 2]` → `[B, max T_b, 2]` (id 0 in the padding: embedded, then never read)."""
+    out = pairs[0].new_zeros(len(pairs), max(p.shape[1] for p in pairs), 2)
+    for b, p in enumerate(pairs):
+        out[b, :p.shape[1]] = p[0].to(out.device)
+    return out
+
+
+def _right_padded_rows(rows: Sequence[torch.Tensor], width: int) -> torch.Tensor:
+    """`[1, C, T_b]` each → `[B, C, width]`, zeros after each row's frames."""
+    out = rows[0].new_zeros(len(rows), rows[0].shape[1], width)
+    for b, r in enumerate(rows):
+        out[b, :, :r.shape[2]] = r[0]
+    return out
+
+
+def _noise_rows(model: FlowModel, noise: torch.Tensor, offsets: Sequence[int], frames: Sequence[int],
+                width: int) -> torch.Tensor:
+    """Each stream's ODE start noise `noise[:, :, offset_b : offset_b + frames_b]`, right-padded → `[B, 80, width]`.
+    Checked as `slice_noise` checks it, with one finiteness test (one device sync) for the whole batch."""
+    channels = model.cfg.output_size
+    check_float(noise, "noise", (1, channels, None), finite=False)
+    for off, n in zip(offsets, frames):
+        if noise.shape[2] < off + n:
+            slice_noise(noise, off, n, channels)  # raises its InvalidInputError
+    rows = _right_padded_rows([noise[:, :, off:off + n] for off, n in zip(offsets, frames)], width)
+    if not torch.isfinite(rows).all():
+        for off, n in zip(offsets, frames):
+            slice_noise(noise, off, n, channels)  # names the stream's non-finite frames
+    return rows.to(model.device)
+
+
+def _pack_estimator(caches: Sequence[EstimatorStreamCache]) -> EstimatorStreamCache:
+    """Per-stream DiT caches (rows [cond; uncond], T_b frames) → one batch cache with rows
+    [cond of every stream; uncond of every stream] and frames right-padded with zeros."""
+    batch, width = len(caches), max(c.frames for c in caches)
+
+    def pack(parts: Sequence[torch.Tensor], frame_dim: int | None) -> torch.Tensor:
+        like = parts[0]  # [S, depth, 2, ...]
+        shape = list(like.shape)
+        if frame_dim is not None:
+            shape[frame_dim] = width
+        out = like.new_zeros(shape[:3] + [batch] + shape[3:])  # [S, depth, 2, B, ...]
+        for b, part in enumerate(parts):
+            target = out[:, :, :, b]
+            if frame_dim is not None:
+                target = target.narrow(frame_dim, 0, part.shape[frame_dim])
+            target.copy_(part)
+        return out.flatten(2, 3)  # [S, depth, 2B, ...]: row j·B + b
+
+    return EstimatorStreamCache(k=pack([c.k for c in caches], 4), v=pack([c.v for c in caches], 4),
+                                conv=pack([c.conv for c in caches], None))
+
+
+def _unpack_estimator(cache: EstimatorStreamCache, b: int, batch: int, chunk_width: int, n_new: int, n_cached: int,
+                      prompt_frames: int | None = None, left_context: int | None = None) -> EstimatorStreamCache:
+    """Stream b's DiT cache out of a batch cache with frames [chunk, padded to chunk_width | cache, padded]:
+    its n_new chunk frames then its n_cached cached frames; with prompt_frames / left_context
+    truncated as `EstimatorStreamCache.truncated` does (newest left_context + the prompt)."""
+    total = n_new + n_cached
+    keep = [(0, total)]  # (start, length) in the stream's own frame order
+    if prompt_frames is not None and total > prompt_frames + left_context:
+        keep = [(0, left_context), (total - prompt_frames, prompt_frames)]
+    spans = []  # the same frames as (start, length) in the padded batch layout
+    for start, length in keep:
+        end = start + length
+        if start < n_new:
+            spans.append((start, min(end, n_new) - start))
+        if end > n_new:
+            first = max(start, n_new)
+            spans.append((first - n_new + chunk_width, end - first))
+
+    def frames(x: torch.Tensor) -> torch.Tensor:
+        rows = x[:, :, b::batch]  # rows b (conditional) and B + b (unconditional)
+        return torch.cat([rows.narrow(4, s, n) for s, n in spans if n > 0], dim=4)
+
+    return EstimatorStreamCache(k=frames(cache.k), v=frames(cache.v), conv=cache.conv[:, :, b::batch].clone())
 
 
 # -- chunk planning (pure) --------------------------------------------------------------
