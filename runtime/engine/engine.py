@@ -176,10 +176,10 @@ class Engine:
         n_prefill = len(plan.prefill_req_ids)
         for i, rid in enumerate(plan.scheduled_req_ids.tolist()):
             req = self._requests[rid]
-            ids = req.prompt_ids + req.generated
             end = int(plan.context_lens[i])
             count = int(plan.prefill_counts[i]) if i < n_prefill else 1
-            chunks.append(SequenceChunk(ids[end - count:end], end - count, plan.block_table(i).tolist()))
+            chunks.append(SequenceChunk(_token_slice(req, end - count, end), end - count,
+                                        plan.block_table(i).tolist()))
             if i >= n_prefill or bool(plan.prefill_is_last[i]):
                 sample_rows.append(i)
         if self.graphs is not None and n_prefill == 0 and self.graphs.bucket(len(chunks)) is not None:
@@ -272,6 +272,15 @@ class Engine:
         for req in live:
             if not req.done:
                 self._fail(req, exc)
+
+
+def _token_slice(req: Request, start: int, end: int) -> list[int]:
+    """Ids [start, end) of prompt + generated without building the whole concatenation (a decode
+    step needs one id; a long request's full list would be copied every step otherwise)."""
+    n = len(req.prompt_ids)
+    if start >= n:
+        return req.generated[start - n:end - n]
+    return req.prompt_ids[start:min(end, n)] + req.generated[:max(end - n, 0)]
 
 
 def _push(stream, ids, last):
