@@ -288,7 +288,7 @@ def scheduler_config(components: Components, config: RuntimeConfig) -> Scheduler
     itemsize = torch.tensor([], dtype=config.dtype).element_size()
     per_block = 2 * llm.num_hidden_layers * llm.num_attention_groups * llm.head_dim * itemsize * KV_BLOCK_SIZE
     one_request = math.ceil(config.max_length / KV_BLOCK_SIZE)
-    num_blocks = max(config.kv_cache_bytes // per_block, one_request + 1)
+    num_blocks = min(max(config.kv_cache_bytes // per_block, one_request + 1), config.max_num_seqs * one_request + 1)
     return SchedulerConfig.from_flow(components.flow.cfg, block_size=KV_BLOCK_SIZE, num_blocks=int(num_blocks),
                                      max_num_seqs=config.max_num_seqs, max_model_len=config.max_length,
                                      max_num_batched_tokens=max(config.max_num_batched_tokens, config.max_num_seqs),

@@ -103,8 +103,9 @@ class RuntimeConfig:
         voice_cache_bytes: memory bound of the per-voice front-end cache (0 disables it).
         stream: clone/edit collect the stream of the continuous-batching engine (default);
             False runs upstream's whole-utterance path (offline decoder, matches upstream's audio).
-        kv_cache_bytes: the engine's paged KV pool (None: 4 GiB on CUDA, 512 MiB on CPU; the full
-            model needs 32 KiB per token in bf16).
+        kv_cache_bytes: the engine's paged KV pool (None: 4 GiB on CUDA, 128 MiB on CPU; the full
+            model needs 32 KiB per token in bf16; never less than one max_length request, never more
+            than max_num_seqs of them).
         max_num_seqs / max_num_batched_tokens: concurrent requests in the engine and tokens per step.
         ttfa_target_s: the scheduler's first-audio deadline (most urgent streams decode first).
         batch_decoder: run the decoder chunks of concurrent streams as one batch (faster; audio equals
@@ -160,7 +161,7 @@ class RuntimeConfig:
         if not 16 <= self.max_length <= 65536:
             raise InvalidInputError(f"max_length: {self.max_length} is outside [16, 65536]")
         if self.kv_cache_bytes is None:
-            self.kv_cache_bytes = (4 if self.device.type == "cuda" else 0.5) * 2**30
+            self.kv_cache_bytes = (4 if self.device.type == "cuda" else 0.125) * 2**30
         self.kv_cache_bytes = int(self.kv_cache_bytes)
         for name in ("kv_cache_bytes", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
