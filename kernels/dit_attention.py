@@ -7,12 +7,18 @@ positions, no bias: the keys can come in any order.
 
 One launch covers the whole batch (the CFG pair [cond; uncond] is batch rows 2b, 2b+1 of the
 same call), all heads and all query tiles. Keys come from two sources, both optional:
-* new   [B, Tn, H, D] raw projections (the call's own frames; normalised in the kernel), with
-        an optional key mask [B, Tn] (False = padding; ragged batches). With `k_out` the
-        normalised keys are also written out (the streaming cache needs them).
+* new   [B, Tn, H, D] raw projections (the call's own frames; normalised in the kernel). With
+        `k_out` the normalised keys are also written out (the streaming cache needs them).
 * cache [B, H, Tc, D] keys/values cached by earlier streaming chunks (already normalised).
-Queries are the call's frames, q [B, Tn, H, D] raw. Online softmax, no T×T matrix. A query row
-with no visible key returns zeros (SDPA would return NaN; it never happens with padding masks).
+Queries are the call's frames, q [B, Tn, H, D] raw. Online softmax, no T×T matrix.
+
+Key masks (False = padding; ragged batches), one per batch row, shared by all its queries:
+* [B, Tn]      covers the new keys only; cached keys (if any) are all visible.
+* [B, Tn + Tc] covers [new | cache] in that order, as the keys come out: a ragged streaming
+               batch (`editx.models.flow.dit.ragged_chunk_mask`) right-pads each row's chunk to
+               Tn and its cache to Tc, so each row sees its own prefix of both parts.
+Masked keys are never read (their cached keys/values are not even loaded). A query row with no
+visible key returns zeros (SDPA would return NaN; padding masks always leave one key visible).
 """
 from __future__ import annotations
 
@@ -36,7 +42,8 @@ def dit_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_norm:
     """Plain-PyTorch DiT attention (upstream's ops).
 
     q, k, v [B, T, H, D] raw projections; q_norm, k_norm = (weight [D], bias [D], eps);
-    key_mask [B, T] bool or None; k_cache/v_cache [B, H, Tc, D] or None.
+    key_mask [B, T] (new keys; cached keys all visible) or [B, T+Tc] ([new | cache]) bool, or
+    None; k_cache/v_cache [B, H, Tc, D] or None.
     Returns (out [B, T, H, D], keys [B, H, T+Tc, D] normalised, values [B, H, T+Tc, D]) with
     this call's frames first (upstream prepends new keys to the cache).
     """
@@ -49,7 +56,7 @@ def dit_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_norm:
     mask = None
     if key_mask is not None:
         mask = key_mask.bool()
-        if k_cache is not None:
+        if k_cache is not None and mask.shape[1] == q.shape[1]:  # new keys only: the cache is all visible
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], k_cache.shape[2])], dim=1)
         mask = mask[:, None, None, :]  # [B, 1, 1, Tk]
     out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
@@ -69,7 +76,7 @@ if HAS_TRITON:
         sq_b, sq_t, sq_h, sk_b, sk_t, sk_h, sv_b, sv_t, sv_h, sm_b,
         skc_b, skc_h, skc_t, svc_b, svc_h, svc_t, so_b, so_t, so_h, sko_b, sko_h, sko_t,
         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-        HAS_MASK: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_KOUT: tl.constexpr,
+        HAS_MASK: tl.constexpr, MASK_CACHE: tl.constexpr, HAS_CACHE: tl.constexpr, HAS_KOUT: tl.constexpr,
         UPCAST_DOT: tl.constexpr, PRECISION: tl.constexpr,
     ):
         # One program: BLOCK_M queries of one (batch row, head) against all its keys.
@@ -114,20 +121,26 @@ if HAS_TRITON:
             if HAS_KOUT:
                 if pid_m == 0:  # one program per (b, h) writes the normalised keys for the cache
                     tl.store(kout_ptr + b * sko_b + h * sko_h + new64 * sko_t + d[None, :], k, mask=is_new[:, None])
-            v = tl.load(v_ptr + b * sv_b + h * sv_h + new64 * sv_t + d[None, :], mask=is_new[:, None], other=0.0)
             key_ok = is_new
             if HAS_MASK:
-                key_ok = key_ok & (tl.load(mask_ptr + b * sm_b + cols, mask=is_new, other=0) != 0)
+                # MASK_CACHE: the row's mask spans [new | cache] (ragged streaming batch), else new keys only
+                flag_cols = (cols < T_new + T_cache) if MASK_CACHE else is_new
+                key_flag = tl.load(mask_ptr + b * sm_b + cols, mask=flag_cols, other=0) != 0
+                key_ok = key_ok & key_flag
+            # masked values are not loaded: p is exactly 0 there, and padding may hold anything
+            v = tl.load(v_ptr + b * sv_b + h * sv_h + new64 * sv_t + d[None, :], mask=key_ok[:, None], other=0.0)
             if HAS_CACHE:
-                in_cache = (cols >= T_new) & (cols < T_new + T_cache)
+                cache_ok = (cols >= T_new) & (cols < T_new + T_cache)
+                if MASK_CACHE:
+                    cache_ok = cache_ok & key_flag  # a row's padded cache frames cost no memory traffic
                 old64 = (cols - T_new)[:, None].to(tl.int64)
-                kc = tl.load(kc_ptr + b * skc_b + h * skc_h + old64 * skc_t + d[None, :], mask=in_cache[:, None],
+                kc = tl.load(kc_ptr + b * skc_b + h * skc_h + old64 * skc_t + d[None, :], mask=cache_ok[:, None],
                              other=0.0)
-                vc = tl.load(vc_ptr + b * svc_b + h * svc_h + old64 * svc_t + d[None, :], mask=in_cache[:, None],
+                vc = tl.load(vc_ptr + b * svc_b + h * svc_h + old64 * svc_t + d[None, :], mask=cache_ok[:, None],
                              other=0.0)
                 k = tl.where(is_new[:, None], k, kc)
                 v = tl.where(is_new[:, None], v, vc)
-                key_ok = key_ok | in_cache
+                key_ok = key_ok | cache_ok
             if UPCAST_DOT:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
@@ -166,14 +179,34 @@ def _check_norm(norm: tuple, what: str, dim: int, device: torch.device) -> None:
         check_unit_stride(t, f"{what} {name}")
 
 
+def _checked_key_mask(key_mask: torch.Tensor | None, batch: int, steps: int, cache_len: int,
+                      device: torch.device) -> tuple[torch.Tensor | None, bool]:
+    """key_mask [B, T] or [B, T+Tc] → (the mask as the kernel reads it: 1-byte, unit key stride;
+    whether it spans the cached keys too). Shape checks only: no device sync."""
+    if key_mask is None:
+        return None, False
+    check_tensor(key_mask, "key_mask", 2, (torch.bool, torch.uint8, torch.int8), device)
+    widths = (steps,) if cache_len == 0 else (steps, steps + cache_len)
+    if key_mask.shape[0] != batch or key_mask.shape[1] not in widths:
+        expected = " or ".join(f"[{batch}, {w}]" for w in widths)
+        raise InvalidInputError(f"key_mask: expected shape {expected} (new keys, or new + cached keys), "
+                                f"got {list(key_mask.shape)}")
+    if key_mask.dtype == torch.bool:
+        key_mask = key_mask.view(torch.uint8)
+    if key_mask.shape[1] > 1 and key_mask.stride(1) != 1:
+        key_mask = key_mask.contiguous()
+    return key_mask, cache_len > 0 and key_mask.shape[1] == steps + cache_len
+
+
 def dit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_norm: tuple, k_norm: tuple,
                   key_mask: torch.Tensor | None = None, k_cache: torch.Tensor | None = None,
                   v_cache: torch.Tensor | None = None, k_out: torch.Tensor | None = None,
                   block_m: int | None = None, block_n: int | None = None) -> torch.Tensor:
     """Fused q/k LayerNorm + flash attention (Triton). Shapes as `dit_attention_ref`.
 
-    q, k, v [B, T, H, D] (any strides, D contiguous; D a power of two ≥ 16); key_mask [B, T]
-    bool/uint8 or None; k_cache/v_cache [B, H, Tc, D] or None; k_out [B, H, T, D] or None:
+    q, k, v [B, T, H, D] (any strides, D contiguous; D a power of two ≥ 16); key_mask
+    bool/uint8/int8 [B, T] (new keys; the cache is all visible) or [B, T+Tc] ([new | cache],
+    ragged streaming batches), or None; k_cache/v_cache [B, H, Tc, D] or None; k_out [B, H, T, D] or None:
     receives the normalised new keys. Returns out [B, T, H, D] (contiguous, q's dtype), so
     `out.view(B, T, H·D)` feeds the output projection without a copy.
     """
@@ -189,13 +222,6 @@ def dit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_norm: tup
         raise InvalidInputError(f"q: head dim {dim} must be a power of two >= 16 for the Triton kernel")
     _check_norm(q_norm, "q_norm", dim, q.device)
     _check_norm(k_norm, "k_norm", dim, q.device)
-    if key_mask is not None:
-        check_tensor(key_mask, "key_mask", 2, (torch.bool, torch.uint8, torch.int8), q.device)
-        check_shape(key_mask, "key_mask", (batch, steps))
-        if key_mask.dtype == torch.bool:
-            key_mask = key_mask.view(torch.uint8)
-        if steps > 1 and key_mask.stride(1) != 1:
-            key_mask = key_mask.contiguous()
     if (k_cache is None) != (v_cache is None):
         raise InvalidInputError("k_cache/v_cache: pass both or neither")
     cache_len = 0
@@ -207,6 +233,7 @@ def dit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_norm: tup
         if v_cache.shape[2] != k_cache.shape[2]:
             raise InvalidInputError(f"v_cache: {v_cache.shape[2]} frames, k_cache has {k_cache.shape[2]}")
         cache_len = k_cache.shape[2]
+    key_mask, mask_covers_cache = _checked_key_mask(key_mask, batch, steps, cache_len, q.device)
     if k_out is not None:
         check_tensor(k_out, "k_out", 4, (q.dtype,), q.device)
         check_shape(k_out, "k_out", (batch, heads, steps, dim))
@@ -235,7 +262,8 @@ def dit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_norm: tup
         kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2),
         out.stride(0), out.stride(1), out.stride(2), ko.stride(0), ko.stride(1), ko.stride(2),
         D=dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        HAS_MASK=key_mask is not None, HAS_CACHE=k_cache is not None, HAS_KOUT=k_out is not None,
+        HAS_MASK=key_mask is not None, MASK_CACHE=mask_covers_cache, HAS_CACHE=k_cache is not None,
+        HAS_KOUT=k_out is not None,
         UPCAST_DOT=interpreted and q.dtype != torch.float32,
         # fp32 runs (the decoder's default) keep IEEE products: SDPA in fp32 does not use TF32
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from editx.errors import InvalidInputError
 from editx.kernels import dit_attention as dit_kernels
 from editx.kernels import paged_alibi_attention as alibi_kernels
 
@@ -67,15 +68,24 @@ def cached_alibi_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 # =======================================================================================
 # DiT
 # =======================================================================================
-def _dit_unsupported(q: torch.Tensor, mask: torch.Tensor | None, cache) -> str | None:
+def _dit_unsupported(q: torch.Tensor, mask: torch.Tensor | None) -> str | None:
     dim = q.shape[-1]
     if dim < 16 or dim & (dim - 1):
         return f"head dim {dim} is not a power of two >= 16"
     if mask is not None and (mask.dim() != 3 or mask.shape[1] != 1):
-        return f"mask of shape {tuple(mask.shape)}: the kernel takes key-padding masks [B, 1, T] only"
-    if mask is not None and cache is not None:
-        return "a mask together with a cache (streaming chunks attend without a mask)"
+        return f"mask of shape {tuple(mask.shape)}: the kernel takes key-padding masks [B, 1, Tk] only"
     return None
+
+
+def _check_dit_mask(mask: torch.Tensor | None, batch: int, steps: int, cached: int) -> None:
+    """Both backends read mask [B, 1|T, Tk] over all Tk = T + Tc keys ([new | cache]): say so
+    here rather than fail inside SDPA or the launcher with another backend's wording."""
+    if mask is None:
+        return
+    if (mask.dim() != 3 or mask.shape[0] != batch or mask.shape[1] not in (1, steps)
+            or mask.shape[2] != steps + cached):
+        raise InvalidInputError(f"mask: expected shape [{batch}, 1 or {steps}, {steps + cached}] "
+                                f"(batch, queries, new + cached keys), got {list(mask.shape)}")
 
 
 def dit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_norm: tuple, k_norm: tuple,
@@ -84,21 +94,25 @@ def dit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_norm: tup
     """DiT attention with per-head q/k LayerNorm.
 
     q, k, v [B, T, H, D] raw projections (views of the Linear outputs); q_norm/k_norm =
-    (weight [D], bias [D], eps); mask [B, 1|T, Tk] bool (True = attend) or None; cache (k, v)
-    [B, H, Tc, D] (normalised keys of earlier chunks) or None.
+    (weight [D], bias [D], eps); mask [B, 1|T, T+Tc] bool (True = attend) over the keys in the
+    order [this call's frames | cached frames], or None; cache (k, v) [B, H, Tc, D] (normalised
+    keys of earlier chunks) or None. Key-padding masks [B, 1, T+Tc] (offline ragged batches,
+    ragged streaming chunk batches) run the kernel; query-dependent masks [B, T, T+Tc] the reference.
     Returns (out [B, T, H·D], keys, values [B, H, T+Tc, D] with this call's frames first).
     """
     b, t, h, d = q.shape
-    if use_triton("dit_attention", q.device, backend, _dit_unsupported(q, mask, cache),
+    _check_dit_mask(mask, b, t, 0 if cache is None else cache[0].shape[2])
+    if use_triton("dit_attention", q.device, backend, _dit_unsupported(q, mask),
                   dit_kernels._dit_attention_kernel):
-        key_mask = None if mask is None else mask[:, 0, :]
+        key_mask = None if mask is None else mask[:, 0, :]  # [B, T+Tc]
         if cache is None:
             keys = torch.empty(b, h, t, d, dtype=q.dtype, device=q.device)
             out = dit_kernels.dit_attention(q, k, v, q_norm, k_norm, key_mask, k_out=keys)
             return out.view(b, t, h * d), keys, v.transpose(1, 2)
         keys = torch.empty(b, h, t + cache[0].shape[2], d, dtype=q.dtype, device=q.device)
         keys[:, :, t:].copy_(cache[0])
-        out = dit_kernels.dit_attention(q, k, v, q_norm, k_norm, None, cache[0], cache[1], k_out=keys[:, :, :t])
+        out = dit_kernels.dit_attention(q, k, v, q_norm, k_norm, key_mask, cache[0], cache[1],
+                                        k_out=keys[:, :, :t])
         return out.view(b, t, h * d), keys, torch.cat([v.transpose(1, 2), cache[1]], dim=2)
     # Reference: upstream's ops (LayerNorm per head, keys prepended to the cache, SDPA).
     qh = F.layer_norm(q.transpose(1, 2), (d,), *q_norm)

@@ -117,6 +117,9 @@ def test_dit_attention_compiles(dtype):
         K.dit_attention(q, q, q, norm, norm, torch.ones(2, 40, dtype=torch.bool),
                         k_out=torch.zeros(2, 8, 40, 64, dtype=dtype))
         K.dit_attention(q, q, q, norm, norm, None, cache, cache, k_out=torch.zeros(2, 8, 40, 64, dtype=dtype))
+        # ragged chunk batches: one mask over [new | cached] keys (MASK_CACHE variant)
+        K.dit_attention(q, q, q, norm, norm, torch.ones(2, 70, dtype=torch.bool), cache, cache,
+                        k_out=torch.zeros(2, 8, 40, 64, dtype=dtype))
 
     _record_and_compile(K, ["_dit_attention_kernel"], launch)
 

@@ -491,7 +491,7 @@ _KERNELS = _triton.HAS_TRITON and (bool(_triton.triton.knobs.runtime.interpret) 
 @pytest.mark.skipif(not _KERNELS, reason="Triton kernels need CUDA or TRITON_INTERPRET=1 set before pytest starts")
 def test_decode_batch_with_triton_forced_matches_push():
     """Forced Triton DiT attention: ragged set-ups run the masked kernel, equal-shape chunks the cached
-    kernel, and ragged chunks (a mask over cached keys: no kernel) the reference instead of failing."""
+    kernel, and ragged chunks the cached kernel with a per-row mask over [new | cached] keys."""
     interpreted = bool(_triton.triton.knobs.runtime.interpret)
     device = "cuda" if torch.cuda.is_available() and not interpreted else "cpu"
     flow, hift = tiny_flow().to(device), tiny_hift().to(device)

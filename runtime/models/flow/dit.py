@@ -69,20 +69,20 @@ class DiTAttention(nn.Module):
         mask: torch.Tensor | None,
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x `[B, T, D]`; mask `[B, 1|T, Tk]` bool (True = attend) or None; cache (k, v) `[B, H, Tc, hd]`.
+        """x `[B, T, D]`; mask `[B, 1|T, T+Tc]` bool (True = attend) over keys [this call's frames |
+        cached frames], or None; cache (k, v) `[B, H, Tc, hd]`.
 
         Returns (out `[B, T, D]`, keys, values `[B, H, T+Tc, hd]` with this call's frames first).
-        q/k LayerNorm + attention run fused in one Triton kernel on CUDA (editx.layers.attention).
+        q/k LayerNorm + attention run fused in one Triton kernel on CUDA (editx.layers.attention),
+        key-padding masks included: offline ragged batches and ragged streaming chunk batches
+        (`ragged_chunk_mask`: padded chunk frames and padded cached frames hidden per row).
         """
         b, t, _ = x.shape
         heads = (b, t, self.n_heads, self.head_dim)  # [B, T, H, hd] views of the projections
-        # A key mask over cached keys (ragged multi-stream chunks) has no kernel: run the reference
-        # even when the Triton backend is forced, rather than fail the whole batch.
-        backend = "reference" if mask is not None and cache is not None else "auto"
         out, k, v = dit_attention(
             self.to_q(x).view(heads), self.to_k(x).view(heads), self.to_v(x).view(heads),
             (self.q_norm.weight, self.q_norm.bias, self.q_norm.eps),
-            (self.k_norm.weight, self.k_norm.bias, self.k_norm.eps), mask, cache, backend=backend)
+            (self.k_norm.weight, self.k_norm.bias, self.k_norm.eps), mask, cache)
         return self.proj(out), k, v
 
 
