@@ -15,7 +15,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 
@@ -182,6 +181,3 @@ def assert_matches(got: Any, ref: Any, tol: Any, what: str) -> None:
 def _is_exact(tol: Any) -> bool:
     return tol == "exact" or (isinstance(tol, dict) and tol.get("exact") is True)
 
-
-def to_numpy(x: Any) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -28,6 +28,7 @@ import torch
 from ..errors import EditXError
 from ..types import AudioChunk
 from ..layers.attention import alibi_uses_triton
+from ..models.interleave import llm_ids_to_mixed
 from .model_runner import PagedDecodeGraphs
 from .paged_kv import PagedBatch, PagedKVCache, SequenceChunk
 from .request import CANCELLED, FAILED, FINISHED, Request, select_next_ids
@@ -45,7 +46,6 @@ def _stop_engines_at_exit() -> None:
     for engine in list(_LIVE_ENGINES):
         engine.shutdown()
 OUTPUT_RATE = 24000
-AUDIO_ID_BASE = 65536  # LLM id of <audio_0>; the decoder takes mixed ids (LLM id - 65536)
 
 
 class Engine:
@@ -216,7 +216,7 @@ class Engine:
             # The item's window [start, start + num_feed) is the chunk plus its lookahead; the
             # lookahead ids were already fed with the previous item, so feed only the new ones.
             end = item.start + item.num_feed
-            ids = [t - AUDIO_ID_BASE for t in req.generated[req.decoded:end]]
+            ids = llm_ids_to_mixed(req.generated[req.decoded:end])
             req.decoded = max(req.decoded, end)
             work.append((req.t2w, ids, bool(item.is_last)))
             owners.append((req, bool(item.is_last)))
@@ -242,7 +242,6 @@ class Engine:
             req.first_audio_at = time.perf_counter()
         req.out.put(AudioChunk(samples, OUTPUT_RATE, req.chunks_out, last))
         req.chunks_out += 1
-        req.samples_out += samples.size
 
     # -- endings ----------------------------------------------------------------------------
     def _end(self, rid: int, reason: int) -> None:
@@ -256,7 +255,7 @@ class Engine:
             req.state = FAILED
         else:
             req.state = FINISHED
-            if req.chunks_out == 0 or not _ended_with_last(req):
+            if req.chunks_out == 0 or not req.t2w.finished:
                 # no decoder item ever ran (fewer than 5 audio ids): still end the stream properly
                 self._emit(req, torch.zeros(0), True)
         req.out.put(None)
@@ -288,7 +287,3 @@ def _push(stream, ids, last):
         return stream.push(ids, last=last)
     except Exception as exc:  # this stream fails; the others continue
         return exc
-
-
-def _ended_with_last(req: Request) -> bool:
-    return req.t2w.finished

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import EditXError
+from ..models.interleave import llm_ids_to_mixed
 from ..types import OUTPUT_SAMPLE_RATE, Audio, AudioChunk
 from .engine import Engine
 from .generate import generate
@@ -31,7 +32,6 @@ from .token2wav import Token2Wav, to_numpy
 from .voice import VoicePrompt
 
 log = logging.getLogger("editx")
-AUDIO_ID_BASE = 65536
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class OfflineRunner:
         t0 = _clock(device)
         result = self._generate(job, on_token)
         t1 = _clock(device)
-        mixed = [i - AUDIO_ID_BASE for i in result.ids]
+        mixed = llm_ids_to_mixed(result.ids)
         gen = torch.Generator(device=device).manual_seed(job.params.seed + 1)
         samples = np.zeros(0, dtype=np.float32)
         if mixed:

@@ -78,20 +78,29 @@ class GraphedDecoder:
         return out
 
     def _capture(self, key_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        model = self.model
-        side = torch.cuda.Stream(device=model.device)
-        side.wait_stream(torch.cuda.current_stream(model.device))
-        with torch.cuda.stream(side):  # warm-up: lazy inits and allocator state outside the graph
-            for _ in range(2):
-                model(self._ids, self.cache, self._pos, attend_len=key_len)
-        torch.cuda.current_stream(model.device).wait_stream(side)
+        step = lambda: self.model(self._ids, self.cache, self._pos, attend_len=key_len)[:, -1].float()  # noqa: E731
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = model(self._ids, self.cache, self._pos, attend_len=key_len)[:, -1].float()
-        self._graphs[key_len] = (graph, out)
-        return graph, out
+        self._graphs[key_len] = capture_graph(step, self.model.device, self._pool)
+        return self._graphs[key_len]
+
+
+def capture_graph(step: Callable[[], torch.Tensor], device: torch.device,
+                  pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Record `step()` (reading/writing only static buffers) as a CUDA graph in `pool`; returns
+    (graph, its output tensor). Two warm-up runs on a side stream first settle lazy inits and the
+    allocator outside the graph; they write exactly what the step writes, so capturing with a real
+    step's inputs in the buffers is harmless."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = step()
+    return graph, out
 
 
 # ---------------------------------------------------------------------------------------
@@ -149,20 +158,11 @@ class PagedDecodeGraphs:
         return static
 
     def _capture(self, bucket: int, static: "_PagedStatic"):
-        model, dev = self.model, self.model.device
-        side = torch.cuda.Stream(device=dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):  # warm-up outside the graph (same writes as the real step)
-            for _ in range(2):
-                model.forward_paged(static.batch, self.cache, self.backend)
-        torch.cuda.current_stream(dev).wait_stream(side)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = model.forward_paged(static.batch, self.cache, self.backend)
-        self._graphs[bucket] = (graph, out)
-        return graph, out
+        step = lambda: self.model.forward_paged(static.batch, self.cache, self.backend)  # noqa: E731
+        self._graphs[bucket] = capture_graph(step, self.model.device, self._pool)
+        return self._graphs[bucket]
 
 
 class _PagedStatic:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -42,13 +41,11 @@ class Request:
     generated: list[int] = field(default_factory=list)
     decoded: int = 0
     chunks_out: int = 0
-    samples_out: int = 0
     state: str = "waiting"
     stop_reason: Optional[str] = None
     error: Optional[BaseException] = None
     out: "queue.Queue" = field(default_factory=queue.Queue)
     cancel_event: threading.Event = field(default_factory=threading.Event)
-    submitted_at: float = field(default_factory=time.perf_counter)
     first_audio_at: Optional[float] = None
 
     @property
@@ -58,17 +55,6 @@ class Request:
     @property
     def new_token_limit(self) -> int:
         return self.params.new_token_limit(len(self.prompt_ids))
-
-    @property
-    def llm_finished(self) -> bool:
-        """True once the LLM has produced its last id (stop id or length limit)."""
-        return self.stop_reason is not None
-
-    def ready_ids(self) -> list[int]:
-        """Kept ids not yet fed to the decoder: all generated ids but the newest (which may be
-        the dropped last one) while running; everything but the last once the LLM finished."""
-        kept = len(self.generated) - 1
-        return self.generated[self.decoded:max(kept, self.decoded)]
 
     def history_tail(self, window: int) -> list[int]:
         """The last `window` ids of prompt + generated (the repetition processor's window)."""

@@ -20,7 +20,7 @@ from ..errors import InvalidInputError
 from ..models.flow import FlowModel, reshape_mixed_tokens
 from ..models.flow.streaming import (FlowStreamState, inference_chunk, inference_chunk_batch, next_stream_action,
                                      setup_stream, setup_stream_batch)
-from ..models.flow.tokens import check_pair_ids, mixed_len
+from ..models.flow.tokens import check_pair_ids
 from ..models.hift import HiFTGenerator, HiFTStreamState, draw_nsf
 from ..models.hift_stream import vocode_chunk_batch
 
@@ -379,11 +379,6 @@ def _chunk_group(group: list[_Pending], r: int) -> None:
         p.chunks.append(audio[0].float())
         if p.stream.record:
             p.trace.append((mel, source))
-
-
-def mixed_ids_for_frames(frames: int) -> int:
-    """Mixed ids covering `frames` token frames ((frames // 3) * 5, as upstream rounds)."""
-    return mixed_len(frames)
 
 
 def to_numpy(audio: torch.Tensor) -> np.ndarray:

@@ -16,7 +16,7 @@ from ..errors import InvalidInputError
 from ..frontend.prompt_audio import preprocess_prompt
 from ..frontend.vq02_features import extract_vq02_features
 from ..loading.components import Components
-from ..models.interleave import audio_token_str, interleave_vq0206
+from ..models.interleave import audio_token_str, interleave_vq0206, llm_ids_to_mixed
 from ..models.vq02 import kmeans_codes
 from .token2wav import VoiceConditioning
 
@@ -66,7 +66,7 @@ def encode_voice(comps: Components, wav: torch.Tensor, sample_rate: int, *, dith
             f"prompt audio: only {prompt.wav16_trimmed.shape[-1] / 16000:.2f} s of speech after silence "
             "trimming; need at least a fraction of a second of speech"
         )
-    cond = VoiceConditioning.from_features([i - 65536 for i in llm_ids], prompt.speech_feat.float(), xvector)
+    cond = VoiceConditioning.from_features(llm_ids_to_mixed(llm_ids), prompt.speech_feat.float(), xvector)
     timings = {"preprocess_s": t1 - t0, "vq02_s": t2 - t1, "vq06_s": t3 - t2, "speaker_s": t4 - t3}
     return VoicePrompt(vq02, vq06, llm_ids, audio_token_str(vq02, vq06), cond, timings)
 

@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import RuntimeConfig
@@ -23,6 +22,7 @@ from ..frontend.vq02_features import Vq02FrontendConfig
 from ..models.campplus import SpeakerEncoder
 from ..models.flow import FlowConfig, FlowModel, load_flow
 from ..models.hift import HiFTConfig, HiFTGenerator, load_hift
+from ..models.interleave import AUDIO_ID_OFFSET, VQ02_CODEBOOK, VQ06_CODEBOOK
 from ..models.onnx_session import OnnxGraph, choose_providers
 from ..models.step1 import Step1Config, Step1Model, build_step1, load_step1
 from ..models.text import TextTokenizer, load_text_tokenizer
@@ -36,8 +36,6 @@ from .yaml_config import node, read_yaml
 
 log = logging.getLogger("editx")
 
-AUDIO_ID_BASE = 65536
-AUDIO_VOCAB = 5120  # 1024 vq02 + 4096 vq06 codes
 VENDORED_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "tokenizer.model"
 DUMMY_PRESETS = ("dummy:tiny", "dummy:full")
 
@@ -60,10 +58,6 @@ class Components:
     source: str                   # the path or preset name it came from
     default_max_new_tokens: int | None = None  # dummy presets cap random-weight generation
 
-    @property
-    def is_dummy(self) -> bool:
-        return self.source in DUMMY_PRESETS
-
 
 def load_components(source: str | Path, config: RuntimeConfig) -> Components:
     """Load from an upstream install path, or build a dummy preset (see module doc)."""
@@ -81,10 +75,10 @@ def load_components(source: str | Path, config: RuntimeConfig) -> Components:
 
 def check_vocab(cfg: Step1Config) -> None:
     """The LLM must have ids for every `<audio_N>` the prompts and outputs use."""
-    need = AUDIO_ID_BASE + AUDIO_VOCAB
+    need = AUDIO_ID_OFFSET + VQ02_CODEBOOK + VQ06_CODEBOOK
     if cfg.vocab_size < need:
         raise CheckpointError(
-            f"LLM vocab_size {cfg.vocab_size} cannot hold the audio ids {AUDIO_ID_BASE}..{need - 1} "
+            f"LLM vocab_size {cfg.vocab_size} cannot hold the audio ids {AUDIO_ID_OFFSET}..{need - 1} "
             "(is this a Step-Audio-EditX checkpoint?)"
         )
 
@@ -201,6 +195,3 @@ def _dummy_cmvn() -> Cmvn:
     dim = 80 * 7
     return Cmvn(shift=torch.full((dim,), -12.0), scale=torch.full((dim,), 0.33))
 
-
-def as_numpy(x: torch.Tensor) -> np.ndarray:
-    return x.detach().cpu().numpy()

@@ -101,11 +101,6 @@ def fold_weight_norm(sd: Mapping[str, torch.Tensor]) -> StateDict:
     return out
 
 
-def select_prefix(sd: Mapping[str, torch.Tensor], prefix: str) -> StateDict:
-    """Sub-dict of the keys under `prefix` (which is removed)."""
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
 def load_checked(
     module: torch.nn.Module,
     sd: Mapping[str, torch.Tensor],

@@ -516,25 +516,6 @@ def build_step1(config: Step1Config, device: Any = "cpu", dtype: Any = torch.flo
     return model.to(dtype=dt).to_empty(device=dev).eval()
 
 
-def init_random_weights(model: Step1Model, seed: int = 0) -> Step1Model:
-    """Fill `model` with reproducible random weights (dummy presets and tests).
-
-    Linear weights ~ N(0, 1/fan_in), embeddings ~ N(0, 1), norm gains 1 + N(0, 0.1):
-    activations stay O(1) through the layers, so logits are well spread.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight"):
-                values = 1 + 0.1 * torch.randn(param.shape, generator=gen)
-            elif name.endswith("embed_tokens.weight"):
-                values = torch.randn(param.shape, generator=gen)
-            else:
-                values = torch.randn(param.shape, generator=gen) / math.sqrt(param.shape[1])
-            param.copy_(values.to(param.dtype))
-    return model
-
-
 def load_step1(model_dir: str | Path, device: Any = "cpu", dtype: Any = torch.bfloat16) -> tuple[Step1Model, Step1Config]:
     """Load the LLM from an HF model dir (`config.json` + safetensors, single file or index + shards).
 

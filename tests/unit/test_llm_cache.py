@@ -26,9 +26,10 @@ from editx.models.step1 import (
     alibi_bias_reference,
     alibi_slopes,
     build_step1,
-    init_random_weights,
     load_step1,
 )
+
+from random_weights import init_step1_random_
 
 VOCAB = 300
 
@@ -39,7 +40,7 @@ def tiny_config(heads: int = 6, groups: int = 2, layers: int = 2) -> Step1Config
 
 
 def random_model(dtype: torch.dtype = torch.float64, seed: int = 0, **kw):
-    model = init_random_weights(build_step1(tiny_config(**kw), "cpu", torch.float32), seed)
+    model = init_step1_random_(build_step1(tiny_config(**kw), "cpu", torch.float32), seed)
     return model.to(dtype)
 
 

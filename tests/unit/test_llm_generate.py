@@ -13,7 +13,9 @@ from editx.engine.generate import generate, generate_batch, required_capacity
 from editx.engine.kv_cache import KVCache
 from editx.engine.sampling import RepetitionAwareProcessor, SamplingParams, apply_top_k
 from editx.errors import InvalidInputError
-from editx.models.step1 import Step1Config, build_step1, init_random_weights
+from editx.models.step1 import Step1Config, build_step1
+
+from random_weights import init_step1_random_
 
 VOCAB = 64  # small vocabulary: repetitions (and so bans) happen often
 
@@ -22,7 +24,7 @@ VOCAB = 64  # small vocabulary: repetitions (and so bans) happen often
 def model():
     cfg = Step1Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
                       num_attention_groups=2, vocab_size=VOCAB)
-    return init_random_weights(build_step1(cfg, "cpu", torch.float32), seed=3).to(torch.float64)
+    return init_step1_random_(build_step1(cfg, "cpu", torch.float32), seed=3).to(torch.float64)
 
 
 def prompt(n: int, seed: int) -> list[int]:
