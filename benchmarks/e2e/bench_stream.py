@@ -104,7 +104,11 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype)
     prompt = Path(args.prompt_audio).read_bytes()
-    rt.clone(prompt, PROMPT_TEXT, TEXT, seed=0, sampling=rt.default_sampling(max_new_tokens=20))  # warm-up
+    # Warm-up at full length on both paths: Triton compiles and CUDA-graph captures (one per decode
+    # width bucket) happen here, not inside the first measured request.
+    warm = rt.default_sampling(max_new_tokens=args.tokens)
+    rt.clone(prompt, PROMPT_TEXT, TEXT, seed=0, sampling=warm)
+    rt.clone(prompt, PROMPT_TEXT, TEXT, seed=0, sampling=warm, stream=False)
     levels = [run_level(rt, prompt, n, args.tokens, cached) for n in args.concurrency for cached in (False, True)]
     baseline = offline_baseline(rt, prompt, args.tokens)
     payload = {"benchmark": "e2e/stream", "model": args.model, "env": environment(rt.config.device),

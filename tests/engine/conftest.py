@@ -1,17 +1,11 @@
-"""Shared fixtures for streaming-engine tests (dummy:tiny, short outputs)."""
-from pathlib import Path
-
+"""Shared fixtures for streaming-engine tests (device and clips: engine_testing.py)."""
 import pytest
-
-from editx import Runtime
-
-AUDIO = Path(__file__).resolve().parents[2].parent / "shared" / "audio"
-VOICES = ["zero_shot_en_prompt.wav", "fear_zh_female_prompt.wav", "vad_prompt.wav"]
+from engine_testing import AUDIO, VOICES, make_runtime
 
 
 @pytest.fixture(scope="module")
 def rt():
-    runtime = Runtime.from_pretrained("dummy:tiny", seed=0)
+    runtime = make_runtime(seed=0)
     yield runtime
     runtime.close()
 
@@ -20,5 +14,5 @@ def rt():
 def voices():
     paths = [AUDIO / v for v in VOICES]
     if not all(p.is_file() for p in paths):
-        pytest.skip("speech clips not found (../shared/audio)")
+        pytest.skip(f"speech clips not found ({AUDIO})")
     return paths
