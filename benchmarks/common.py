@@ -13,6 +13,16 @@ from typing import Callable
 import torch
 
 
+_START = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr, stamped with seconds since the benchmark started (long GPU runs)."""
+    import sys
+
+    print(f"[{time.perf_counter() - _START:7.1f} s] {message}", file=sys.stderr, flush=True)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -22,12 +22,15 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_check}
 DEVICE=${DEVICE:-cuda}
 MODEL=${MODEL:-dummy:full}
-TOKENS=${TOKENS:-400}
+TOKENS=${TOKENS:-200}
 PY=${PY:-python3}
 mkdir -p "$OUT" "$OUT/.parts"
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
 export PYTHONUNBUFFERED=1
+# A step stopped at its limit gets SIGABRT first: with the fault handler on, Python prints every
+# thread's stack into the log, so a slow or stuck step shows where it was.
+export PYTHONFAULTHANDLER=1
 status=0
 DEADLINE=${DEADLINE:-560}  # seconds: a step never runs past it (the device call's timeout sits above it)
 step() {  # step <seconds> <title> <command...>: time-boxed (also by DEADLINE), logged, failure recorded
@@ -37,7 +40,7 @@ step() {  # step <seconds> <title> <command...>: time-boxed (also by DEADLINE), 
   if [ "$limit" -lt 15 ]; then echo "-- skipped (deadline): $title" | tee -a "$LOG"; status=1; return; fi
   echo "== $title ==" | tee -a "$LOG"
   local t0=$SECONDS
-  timeout "$limit" "$@" >> "$LOG" 2>&1 || { echo "!! $title failed or timed out (rc=$?)" | tee -a "$LOG"; status=1; }
+  timeout -s ABRT -k 10 "$limit" "$@" >> "$LOG" 2>&1 || { echo "!! $title failed or timed out (rc=$?)" | tee -a "$LOG"; status=1; }
   echo "   ($((SECONDS - t0)) s)" | tee -a "$LOG"
 }
 
@@ -63,16 +66,17 @@ if [ "$DEVICE" = "cpu" ]; then KQUICK="--quick"; KENV="TRITON_INTERPRET=1"; fi
 # eager, concurrency = sequential, cancel), then the dummy:full streaming sweep.
 step 100 "engine tests on $DEVICE" env EDITX_TEST_DEVICE="$DEVICE" $KENV $PY -m pytest -q -x tests/engine \
     tests/unit/test_model_runner.py
+step 70 "kernel tests on $DEVICE" env $KENV $PY -m pytest -q tests/kernels
 step 130 "streaming benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py --model "$MODEL" \
     --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16 64} \
     --prompt-audio "$PROMPT" --out "$OUT/stream.json"
-step 90 "offline benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_offline.py --model "$MODEL" \
+step 80 "offline benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_offline.py --model "$MODEL" \
     --device "$DEVICE" --tokens "$TOKENS" --prompt-audio "$PROMPT" --out "$OUT/offline.json"
 step 40 "batched decoder benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_decoder_batch.py \
     --model "$MODEL" --device "$DEVICE" --streams ${DECODER_STREAMS:-1 4 16} --out "$OUT/decoder_batch.json"
-step 80 "kernel tests on $DEVICE" env $KENV $PY -m pytest -q -x tests/kernels
-for bench in benchmarks/kernels/bench_*.py; do
-  name=$(basename "$bench" .py)
+# KERNEL_BENCHES: which kernel benchmarks (names without bench_; default every one)
+for name in ${KERNEL_BENCHES:-$(cd benchmarks/kernels && ls bench_*.py | sed 's/^bench_//; s/\.py$//')}; do
+  bench=benchmarks/kernels/bench_$name.py; name=bench_$name
   step 30 "kernel benchmark ${name#bench_}" env $KENV $PY "$bench" --device "$DEVICE" $KQUICK \
       --out "$OUT/.parts/${name#bench_}.json"
 done

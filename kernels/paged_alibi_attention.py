@@ -107,7 +107,7 @@ def contiguous_alibi_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cac
     q = q.reshape(b, groups, per_group * t, d)
     mask = bias.reshape(bias.shape[0], groups, per_group * t, key_len)
     attn = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-    return attn.view(b, heads, t, d)
+    return attn.reshape(b, heads, t, d)  # CUDA SDPA may return a non-contiguous layout
 
 
 # =======================================================================================

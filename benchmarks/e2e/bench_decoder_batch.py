@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import environment, print_table, sync, write_json  # noqa: E402
+from common import environment, print_table, progress, sync, write_json  # noqa: E402
 
 from editx.config import RuntimeConfig  # noqa: E402
 from editx.engine.token2wav import Token2Wav, Token2WavStream, VoiceConditioning, decode_batch  # noqa: E402
@@ -139,11 +139,13 @@ def main(argv=None) -> dict:
     noise = torch.randn(1, flow.cfg.output_size, NOISE_FRAMES, generator=torch.Generator().manual_seed(0))
     n_steps = args.n_timesteps or flow.cfg.n_timesteps
     decoder = Token2Wav(flow, hift, noise.to(device), n_steps)
+    progress(f"loaded the {args.model} decoder on {device}")
     levels = []
     for layout in args.layouts:
         for k in args.streams:
             voices = make_voices(k, layout, args.prompt_ids, torch.Generator().manual_seed(k))
             levels.append({"layout": layout, **measure(decoder, voices, args.rounds, seed=k)})
+            progress(f"{layout} k={k}: x{levels[-1]['speedup']:.2f}")
     payload = {"benchmark": "e2e/decoder_batch", "model": args.model, "env": environment(device),
                "decoder_dtype": args.decoder_dtype, "n_timesteps": n_steps, "prompt_ids": args.prompt_ids,
                "chunk_frames": flow.cfg.chunk_sizes[-1], "levels": levels}

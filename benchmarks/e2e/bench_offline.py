@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import copy_bandwidth_gbs, environment, print_table, sync, time_ms, write_json  # noqa: E402
+from common import copy_bandwidth_gbs, environment, print_table, progress, sync, time_ms, write_json  # noqa: E402
 
 from editx import Runtime  # noqa: E402
 from editx.engine.generate import audio_logit_bias, generate, prefill  # noqa: E402
@@ -102,6 +102,7 @@ def main(argv=None) -> dict:
     rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype, decoder_dtype=args.decoder_dtype)
     dev, comps = rt.config.device, rt.components
     llm, results = comps.llm, {}
+    progress(f"loaded {args.model} on {dev}")
 
     # Front end: cold (first call), warm but uncached (median), and a voice-cache hit.
     wav, sr = rt._load(args.prompt_audio, "prompt")
@@ -115,6 +116,7 @@ def main(argv=None) -> dict:
                               voice.token_str)
     n = args.tokens
     results.update(prompt_tokens=len(ids), decode_tokens=n)
+    progress(f"front end: cold {results['frontend_cold_ms']:.1f} ms, cached {results['frontend_cached_ms']:.2f} ms")
 
     # Prefill.
     capacity = len(ids) + n + 1
@@ -131,6 +133,7 @@ def main(argv=None) -> dict:
         total = time_ms(run, dev, warmup=1, repeats=args.repeats)["median_ms"]
         return (n - 1) / ((total - results["prefill_ms"]) / 1e3)  # n ids = 1 from prefill + n-1 steps
 
+    progress(f"prefill {results['prefill_ms']:.1f} ms ({len(ids)} ids)")
     eager_ids = generate(llm, ids, params, logit_bias=bias).raw_ids
     results["llm_decode_tok_s_eager"] = decode_tok_s(lambda: generate(llm, ids, params, logit_bias=bias))
     if dev.type == "cuda":
@@ -144,6 +147,7 @@ def main(argv=None) -> dict:
             t = time_ms(lambda: upstream_style_generate(llm, ids, base_n, bias), dev, warmup=0, repeats=1)
         results["llm_decode_tok_s_upstream_style"] = base_n / (t["median_ms"] / 1e3)  # includes its prefill
     best = results.get("llm_decode_tok_s_graph", results["llm_decode_tok_s_eager"])
+    progress(f"decode {best:.1f} tok/s (eager {results['llm_decode_tok_s_eager']:.1f})")
     results["llm_decode_tok_s"] = best
     step_bytes = decode_bytes_per_step(llm, len(ids) + n // 2)
     bw = copy_bandwidth_gbs(dev, 1024 if dev.type == "cuda" else 256)
@@ -163,6 +167,7 @@ def main(argv=None) -> dict:
     results.update(flow_ms=flow_t, hift_ms=hift_t, audio_s=audio_s,
                    t2w_ms_per_audio_s=(flow_t + hift_t) / audio_s)
     decode_ms = (n - 1) / best * 1e3
+    progress(f"flow {flow_t:.1f} ms, hift {hift_t:.1f} ms for {audio_s:.2f} s of audio")
     total = results["frontend_ms"] + results["prefill_ms"] + decode_ms + flow_t + hift_t
     results["rtf_stage_sum"] = total / 1e3 / audio_s
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import environment, print_table, write_json, write_svg_plot  # noqa: E402
+from common import environment, print_table, progress, write_json, write_svg_plot  # noqa: E402
 
 from editx import Runtime  # noqa: E402
 
@@ -103,19 +103,29 @@ def offline_baseline(rt: Runtime, prompt, tokens: int) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    progress(f"loaded {args.model} on {rt.config.device}")
     prompt = Path(args.prompt_audio).read_bytes()
     # Warm-up at full length on both paths: Triton compiles and CUDA-graph captures (one per decode
     # width bucket) happen here, not inside the first measured request.
     warm = rt.default_sampling(max_new_tokens=args.tokens)
     rt.clone(prompt, PROMPT_TEXT, TEXT, seed=0, sampling=warm)
+    progress("warm-up: streamed clone done")
     rt.clone(prompt, PROMPT_TEXT, TEXT, seed=0, sampling=warm, stream=False)
-    levels = [run_level(rt, prompt, n, args.tokens, cached) for n in args.concurrency for cached in (False, True)]
+    progress("warm-up: offline clone done")
     baseline = offline_baseline(rt, prompt, args.tokens)
-    payload = {"benchmark": "e2e/stream", "model": args.model, "env": environment(rt.config.device),
-               "tokens_per_request": args.tokens, "levels": levels, "offline_baseline_c1": baseline,
-               "engine": rt.engine_stats()}
+    progress(f"offline c=1: first audio {baseline['ttfa_ms']:.1f} ms")
     out = Path(args.out or REPO / "benchmarks" / "results" /
                f"stream_{rt.config.device.type}_{args.model.replace(':', '_')}.json")
+    payload = {"benchmark": "e2e/stream", "model": args.model, "env": environment(rt.config.device),
+               "tokens_per_request": args.tokens, "levels": [], "offline_baseline_c1": baseline, "complete": False}
+    levels = payload["levels"]
+    for n in args.concurrency:
+        for cached in (False, True):
+            levels.append(run_level(rt, prompt, n, args.tokens, cached))
+            lv = levels[-1]
+            progress(f"c={n} {lv['voice']}: ttfa p50 {lv['ttfa_ms_p50']:.1f} ms, {lv['audio_s_per_s']:.2f} audio s/s")
+            write_json(out, payload)  # after every level: a run stopped early keeps what it measured
+    payload.update(complete=True, engine=rt.engine_stats())
     write_json(out, payload)
     cached = [lv for lv in levels if lv["voice"] == "cached"]
     write_svg_plot(out.with_suffix(".svg"), "concurrency",

@@ -102,8 +102,10 @@ def dit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_norm: tup
     """
     b, t, h, d = q.shape
     _check_dit_mask(mask, b, t, 0 if cache is None else cache[0].shape[2])
+    # fp32 stays on SDPA under "auto": the kernel's IEEE fp32 dots ran 14-30x slower than SDPA at
+    # T >= 300 on an H200 (benchmarks/kernels/bench_dit_attention.py, 2026-11-27); bf16/fp16 ran 1.8-2x faster.
     if use_triton("dit_attention", q.device, backend, _dit_unsupported(q, mask),
-                  dit_kernels._dit_attention_kernel):
+                  dit_kernels._dit_attention_kernel, slower=q.dtype == torch.float32):
         key_mask = None if mask is None else mask[:, 0, :]  # [B, T+Tc]
         if cache is None:
             keys = torch.empty(b, h, t, d, dtype=q.dtype, device=q.device)

@@ -70,12 +70,13 @@ def kernel_backend(backend: str, op: str | None = None) -> Iterator[None]:
 
 
 def use_triton(op: str, device: torch.device, backend: str = "auto", unsupported: str | None = None,
-               kernel=None) -> bool:
+               kernel=None, slower: bool = False) -> bool:
     """Resolve one call: True to run the Triton kernel, False for the reference.
 
     backend: the call site's choice ("auto" defers to the process-wide setting); unsupported:
     why the kernel cannot run this call (None if it can); kernel: the Triton function, to
-    check it can launch on `device` (interpreter or CUDA).
+    check it can launch on `device` (interpreter or CUDA); slower: the kernel runs this call but is
+    measured slower than the reference, so "auto" picks the reference (forcing "triton" still runs it).
     """
     _check_backend(backend)
     choice = _choice[op] if backend == "auto" else backend
@@ -85,7 +86,7 @@ def use_triton(op: str, device: torch.device, backend: str = "auto", unsupported
 
     reason = unsupported or launchable(kernel, torch.device(device))
     if choice == "auto":
-        return reason is None and torch.device(device).type == "cuda"
+        return reason is None and not slower and torch.device(device).type == "cuda"
     if reason is not None:
         raise BackendUnavailableError(f"{op}: the Triton backend was forced but cannot run this call: {reason}")
     return True

@@ -69,3 +69,13 @@ def test_a_compiled_kernel_cannot_launch_on_cpu_tensors():
     assert reason is not None and "TRITON_INTERPRET=1" in reason
     with pytest.raises(BackendUnavailableError, match="TRITON_INTERPRET"):
         _triton.require_launchable(_CompiledStandIn(), torch.device("cpu"), "test kernel")
+
+
+def test_auto_skips_a_kernel_measured_slower_but_forcing_still_runs_it(monkeypatch):
+    """`slower=True` (e.g. fp32 DiT attention on CUDA): auto picks the reference, "triton" still runs it."""
+    monkeypatch.setattr(_triton, "launchable", lambda kernel, device: None)  # pretend it can launch
+    cuda = torch.device("cuda")  # (only the type is read; no GPU needed)
+    assert use_triton("dit_attention", cuda, "auto", None, object())
+    assert not use_triton("dit_attention", cuda, "auto", None, object(), slower=True)
+    with kernel_backend("triton", "dit_attention"):
+        assert use_triton("dit_attention", cuda, "auto", None, object(), slower=True)
