@@ -52,8 +52,8 @@ def percentile(values: list[float], q: float) -> float:
 def one_stream(rt: Runtime, prompt, seed: int, tokens: int, record: list) -> None:
     start = time.perf_counter()
     arrivals, durations = [], []
-    for chunk in rt.stream_clone(prompt, PROMPT_TEXT, TEXT, seed=seed,
-                                 sampling=rt.default_sampling(max_new_tokens=tokens)):
+    stream = rt.stream_clone(prompt, PROMPT_TEXT, TEXT, seed=seed, sampling=rt.default_sampling(max_new_tokens=tokens))
+    for chunk in stream:
         if chunk.samples.size:
             arrivals.append(time.perf_counter())
             durations.append(chunk.samples.size / chunk.sample_rate)
@@ -68,7 +68,25 @@ def one_stream(rt: Runtime, prompt, seed: int, tokens: int, record: list) -> Non
     audio = sum(durations)
     record.append({"ttfa_ms": (arrivals[0] - start) * 1e3 if arrivals else float("nan"),
                    "rtf": (end - start) / audio if audio else float("nan"), "underruns": underruns,
-                   "audio_s": audio, "chunks": len(arrivals)})
+                   "audio_s": audio, "chunks": len(arrivals),
+                   "ttfa_parts_ms": ttfa_parts(start, stream.request.timeline)})
+
+
+# Where the time to first audio goes: front end (until the engine has the request), prefill +
+# queueing (until its first token), decoding the ids the first chunk needs (5 set-up + 30 chunk
+# ids upstream), then the decoder's set-up/chunk/vocoder work and the hand-over to the caller.
+TTFA_PARTS = (("front_end", "submitted"), ("to_first_token", "first_token"),
+              ("first_chunk_tokens", "first_chunk_dispatched"), ("decoder", "first_audio"))
+
+
+def ttfa_parts(start: float, timeline: dict) -> dict:
+    parts, prev = {}, start
+    for name, stamp in TTFA_PARTS:
+        if stamp not in timeline:
+            break
+        parts[name] = (timeline[stamp] - prev) * 1e3
+        prev = timeline[stamp]
+    return parts
 
 
 def run_level(rt: Runtime, prompt, n: int, tokens: int, cached: bool) -> dict:
@@ -85,9 +103,11 @@ def run_level(rt: Runtime, prompt, n: int, tokens: int, cached: bool) -> dict:
         t.join()
     wall = time.perf_counter() - start
     ttfa = [r["ttfa_ms"] for r in records]
+    parts = {name: statistics.median(r["ttfa_parts_ms"][name] for r in records if name in r["ttfa_parts_ms"])
+             for name, _ in TTFA_PARTS if any(name in r["ttfa_parts_ms"] for r in records)}
     return {"concurrency": n, "voice": "cached" if cached else "cold",
             "ttfa_ms_p50": percentile(ttfa, 50), "ttfa_ms_p90": percentile(ttfa, 90),
-            "ttfa_ms_p99": percentile(ttfa, 99), "rtf_mean": statistics.mean(r["rtf"] for r in records),
+            "ttfa_ms_p99": percentile(ttfa, 99), "ttfa_parts_ms_p50": parts, "rtf_mean": statistics.mean(r["rtf"] for r in records),
             "underruns": sum(r["underruns"] for r in records), "audio_s_per_s": sum(r["audio_s"] for r in records) / wall,
             "wall_s": wall}
 
@@ -123,7 +143,9 @@ def main(argv=None) -> dict:
         for cached in (False, True):
             levels.append(run_level(rt, prompt, n, args.tokens, cached))
             lv = levels[-1]
-            progress(f"c={n} {lv['voice']}: ttfa p50 {lv['ttfa_ms_p50']:.1f} ms, {lv['audio_s_per_s']:.2f} audio s/s")
+            split = ", ".join(f"{k} {v:.0f}" for k, v in lv["ttfa_parts_ms_p50"].items())
+            progress(f"c={n} {lv['voice']}: ttfa p50 {lv['ttfa_ms_p50']:.1f} ms ({split}), "
+                     f"{lv['audio_s_per_s']:.2f} audio s/s")
             write_json(out, payload)  # after every level: a run stopped early keeps what it measured
     payload.update(complete=True, engine=rt.engine_stats())
     write_json(out, payload)

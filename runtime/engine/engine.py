@@ -74,6 +74,9 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
         self.steps = 0
+        # Wall seconds the engine thread spent in each half of its steps (includes waiting for the
+        # device where results are read back: sampling reads logits, emitting reads audio).
+        self.busy_s = {"llm": 0.0, "decoder": 0.0}
 
     def _decode_graphs(self, mode: str, backend: str) -> Optional[PagedDecodeGraphs]:
         if mode == "auto":
@@ -92,6 +95,7 @@ class Engine:
             rid = self.scheduler.submit(req.prompt_ids, arrival=time.monotonic(), priority=req.priority)
             req.id = rid
             req.state = "waiting"
+            req.timeline["submitted"] = time.perf_counter()
             self._requests[rid] = req
         self._ensure_thread()
         with self._wake:
@@ -111,7 +115,8 @@ class Engine:
             return len(self._requests)
 
     def stats(self) -> dict:
-        return {**self.scheduler.stats(), "engine_steps": self.steps, "active_requests": self.active()}
+        return {**self.scheduler.stats(), "engine_steps": self.steps, "active_requests": self.active(),
+                "llm_busy_s": self.busy_s["llm"], "decoder_busy_s": self.busy_s["decoder"]}
 
     # -- the loop ---------------------------------------------------------------------------
     def _ensure_thread(self) -> None:
@@ -167,9 +172,13 @@ class Engine:
         if len(plan.copies):
             self.cache.copy_blocks([tuple(p) for p in plan.copies.tolist()])
         if len(plan.scheduled_req_ids):
+            t0 = time.perf_counter()
             self._run_llm(plan)
+            self.busy_s["llm"] += time.perf_counter() - t0
         if plan.decoder:
+            t0 = time.perf_counter()
             self._run_decoders(plan.decoder)
+            self.busy_s["decoder"] += time.perf_counter() - t0
 
     def _run_llm(self, plan) -> None:
         chunks, sample_rows = [], []
@@ -193,6 +202,8 @@ class Engine:
         next_ids = select_next_ids(logits[sample_rows], reqs, self.logit_bias)
         self.scheduler.append_batch([r.id for r in reqs], next_ids)
         for req, tok in zip(reqs, next_ids):
+            if not req.generated:
+                req.timeline["first_token"] = time.perf_counter()
             req.generated.append(tok)
             req.state = "running"
             self._check_stop(req, tok)
@@ -218,6 +229,8 @@ class Engine:
             end = item.start + item.num_feed
             ids = llm_ids_to_mixed(req.generated[req.decoded:end])
             req.decoded = max(req.decoded, end)
+            if req.chunks_out == 0:  # the last dispatch before the first chunk is the one that makes it
+                req.timeline["first_chunk_dispatched"] = time.perf_counter()
             work.append((req.t2w, ids, bool(item.is_last)))
             owners.append((req, bool(item.is_last)))
         if not work:
@@ -238,8 +251,8 @@ class Engine:
 
     def _emit(self, req: Request, audio: torch.Tensor, last: bool) -> None:
         samples = np.ascontiguousarray(audio.detach().float().cpu().numpy().reshape(-1), dtype=np.float32)
-        if req.first_audio_at is None and samples.size:
-            req.first_audio_at = time.perf_counter()
+        if samples.size:
+            req.timeline.setdefault("first_audio", time.perf_counter())
         req.out.put(AudioChunk(samples, OUTPUT_RATE, req.chunks_out, last))
         req.chunks_out += 1
 

@@ -46,7 +46,9 @@ class Request:
     error: Optional[BaseException] = None
     out: "queue.Queue" = field(default_factory=queue.Queue)
     cancel_event: threading.Event = field(default_factory=threading.Event)
-    first_audio_at: Optional[float] = None
+    # time.perf_counter() stamps of the first-audio path (benchmarks break TTFA down with them):
+    # "submitted", "first_token", "first_chunk_dispatched" (its ids exist; decoder starts), "first_audio".
+    timeline: dict[str, float] = field(default_factory=dict)
 
     @property
     def done(self) -> bool:

@@ -232,3 +232,17 @@ def test_close_ends_running_streams_with_an_error(voices):
     with pytest.raises(EditXError, match="closed"):
         for _ in stream:
             pass
+
+
+def test_timeline_stamps_the_first_audio_path_in_order(rt, voices):
+    """The TTFA breakdown the benchmarks report: every stamp present and in causal order."""
+    stream = rt.stream_clone(voices[0], "A prompt.", "Some text here.", seed=11, sampling=params(rt))
+    chunks = drain(stream)
+    t = stream.request.timeline
+    if not any(c.samples.size for c in chunks):
+        pytest.skip("this random-weight request produced no audio")
+    order = ["submitted", "first_token", "first_chunk_dispatched", "first_audio"]
+    assert all(k in t for k in order), t
+    assert [t[k] for k in order] == sorted(t[k] for k in order)
+    stats = rt.engine_stats()
+    assert stats["llm_busy_s"] > 0 and stats["decoder_busy_s"] > 0

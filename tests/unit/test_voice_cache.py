@@ -1,6 +1,10 @@
 """VoiceCache: LRU order, byte bound, content keys."""
 from __future__ import annotations
 
+import threading
+import time
+
+import pytest
 import torch
 
 from editx.engine.token2wav import VoiceConditioning
@@ -39,6 +43,62 @@ def test_get_or_compute_hits_after_first_call():
     a, hit_a = cache.get_or_compute("x", compute)
     b, hit_b = cache.get_or_compute("x", compute)
     assert (hit_a, hit_b) == (False, True) and a is b and len(calls) == 1
+
+
+def _race(cache: VoiceCache, key: str, compute, n: int) -> list:
+    """n threads call get_or_compute(key) at once; returns each one's (voice, hit) or exception."""
+    results: list = [None] * n
+    go = threading.Barrier(n)
+
+    def worker(i: int) -> None:
+        go.wait()
+        try:
+            results[i] = cache.get_or_compute(key, compute)
+        except Exception as exc:  # collected, asserted by the caller
+            results[i] = exc
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return results
+
+
+def test_concurrent_misses_for_one_voice_compute_it_once():
+    cache = VoiceCache()
+    calls = []
+
+    def slow():
+        calls.append(1)
+        deadline = time.monotonic() + 10
+        while cache.joined < 5 and time.monotonic() < deadline:  # every other caller is now waiting
+            time.sleep(0.01)
+        return _voice(7)
+
+    results = _race(cache, "v", slow, 6)
+    assert len(calls) == 1
+    voices = {id(v) for v, _ in results}
+    assert len(voices) == 1 and sorted(hit for _, hit in results) == [False] + [True] * 5
+    assert cache.joined == 5 and len(cache) == 1
+
+
+def test_a_failed_computation_fails_its_waiters_and_is_not_cached():
+    cache = VoiceCache()
+
+    def broken():
+        deadline = time.monotonic() + 10
+        while cache.joined < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        raise ValueError("corrupt prompt audio")
+
+    results = _race(cache, "bad", broken, 4)
+    assert all(isinstance(r, ValueError) for r in results)
+    assert len(cache) == 0
+    v, hit = cache.get_or_compute("bad", lambda: _voice(3))  # a later call computes afresh
+    assert not hit and v is not None
+    with pytest.raises(KeyError):  # no flight left behind
+        cache._flights["bad"]
 
 
 def test_audio_key_depends_on_samples_rate_and_salt():
