@@ -15,8 +15,10 @@
 # PY=.venv/bin/python benchmarks/gpu_check.sh` (with pybind11 + cmake in that venv)
 # dry-runs the same steps on the CPU (kernels under the Triton interpreter, tiny shapes).
 #
-# Output under $OUT (default ./out/gpu_check): gpu_check.log (everything printed), env.txt,
-# kernels.json (all kernel benchmarks), offline.json, stream.json, stream.svg, decoder_batch.json.
+# Output under $OUT (default ./out/gpu_check), 8 files: gpu_check.log (environment first, then
+# everything printed), kernels.json (all kernel benchmarks), offline.json, stream.json + .svg
+# (decoder worker on, the default), stream_inline.json + .svg (decoder items inside the engine step,
+# same run: the overlap's effect), decoder_batch.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_check}
@@ -54,7 +56,7 @@ PROMPT=${PROMPT:-$( [ -f .gpu_data/audio/zero_shot_en_prompt.wav ] && echo .gpu_
 { $PY -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available()); print('device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   $PY -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())" 2>&1
-  $PY -c "import tensorrt as t; print('tensorrt', t.__version__)" 2>&1 | tail -1; } > "$OUT/env.txt" 2>&1
+  $PY -c "import tensorrt as t; print('tensorrt', t.__version__)" 2>&1 | tail -1; } >> "$LOG" 2>&1
 
 # Build the C++ scheduler in place (pybind11 + cmake are on the device image).
 step 120 "install (builds editx._scheduler)" $PY -m pip install -q --no-deps --no-build-isolation -e .
@@ -70,6 +72,9 @@ step 70 "kernel tests on $DEVICE" env $KENV $PY -m pytest -q tests/kernels
 step 130 "streaming benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py --model "$MODEL" \
     --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16 64} \
     --prompt-audio "$PROMPT" --out "$OUT/stream.json"
+step 100 "streaming benchmark, decoder inside the engine step: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py \
+    --model "$MODEL" --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16 64} \
+    --prompt-audio "$PROMPT" --overlap-decoder off --out "$OUT/stream_inline.json"
 step 80 "offline benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_offline.py --model "$MODEL" \
     --device "$DEVICE" --tokens "$TOKENS" --prompt-audio "$PROMPT" --out "$OUT/offline.json"
 step 40 "batched decoder benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_decoder_batch.py \

@@ -66,7 +66,8 @@ class Runtime:
             if config.audio_only_logits else None
         self._offline = OfflineRunner(llm, self.decoder, bias, config.cuda_graphs, config.max_length, self._report)
         self._streamer = StreamRunner(llm, self.decoder, bias, scheduler_config(components, config),
-                                      batch_decoder=config.batch_decoder)
+                                      batch_decoder=config.batch_decoder,
+                                      overlap_decoder=config.overlap_decoder)
 
     # -- construction ------------------------------------------------------------------
     @classmethod

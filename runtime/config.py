@@ -111,6 +111,10 @@ class RuntimeConfig:
         batch_decoder: run the decoder chunks of concurrent streams as one batch (faster; audio equals
             per-stream decoding up to floating-point reduction order). False: each stream alone,
             bit-identical to running the requests one by one.
+        overlap_decoder: run the streams' decoder items (flow set-up, chunks, vocoder) on their own
+            thread (and CUDA stream) so LLM steps never wait for them; False runs them inside the
+            engine step, after the LLM forward. Measured on CPU (dummy:tiny, 2 cores): TTFA p50
+            921 -> 761 ms at c=1, 2204 -> 1851 ms at c=4; audio-s/s 1.73 -> 2.09 at c=4.
         cuda_graphs: on CUDA, replay the LLM decode step from CUDA graphs (one capture per
             attention-width bucket); eager decode otherwise.
         progress: print stage progress to stderr on long work.
@@ -141,6 +145,7 @@ class RuntimeConfig:
     max_num_batched_tokens: int = 2048
     ttfa_target_s: float = 0.25
     batch_decoder: bool = True
+    overlap_decoder: bool = True
     cuda_graphs: bool = True
     progress: bool = False
     backends: dict[str, str] = field(default_factory=dict)

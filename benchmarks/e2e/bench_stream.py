@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt-audio", default=str(DEFAULT_PROMPT))
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--tokens", type=int, default=150, help="max audio tokens per request (41.67 per second)")
+    p.add_argument("--overlap-decoder", choices=["on", "off"], default="on",
+                   help="run decoder items beside the LLM steps (RuntimeConfig.overlap_decoder)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
 
@@ -122,7 +124,8 @@ def offline_baseline(rt: Runtime, prompt, tokens: int) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype)
+    rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                 overlap_decoder=args.overlap_decoder == "on")
     progress(f"loaded {args.model} on {rt.config.device}")
     prompt = Path(args.prompt_audio).read_bytes()
     # Warm-up at full length on both paths: Triton compiles and CUDA-graph captures (one per decode
@@ -137,6 +140,7 @@ def main(argv=None) -> dict:
     out = Path(args.out or REPO / "benchmarks" / "results" /
                f"stream_{rt.config.device.type}_{args.model.replace(':', '_')}.json")
     payload = {"benchmark": "e2e/stream", "model": args.model, "env": environment(rt.config.device),
+               "overlap_decoder": rt.config.overlap_decoder,
                "tokens_per_request": args.tokens, "levels": [], "offline_baseline_c1": baseline, "complete": False}
     levels = payload["levels"]
     for n in args.concurrency:

@@ -7,7 +7,8 @@ One engine step (`Engine.step`):
   2. one packed forward over the paged pool (`Step1Model.forward_paged`) for every scheduled
      sequence, then next-token selection per request (its own processors and generator);
   3. each decoder item feeds its request's generated ids to the request's `Token2WavStream`
-     and puts the finished `AudioChunk`s on the request's output queue.
+     and puts the finished `AudioChunk`s on the request's output queue — in the step itself, or
+     (`overlap_decoder`) on the `DecoderWorker` thread while the next LLM steps run.
 So the first chunk of a stream leaves as soon as its tokens exist while other streams keep
 decoding. A background thread runs steps while requests are active; callers submit and
 cancel from any thread. Requests keep all their state in `Request` objects; the models are
@@ -29,10 +30,10 @@ from ..errors import EditXError
 from ..types import AudioChunk
 from ..layers.attention import alibi_uses_triton
 from ..models.interleave import llm_ids_to_mixed
+from .decoder_worker import DecoderTask, DecoderWorker, run_tasks
 from .model_runner import PagedDecodeGraphs
 from .paged_kv import PagedBatch, PagedKVCache, SequenceChunk
 from .request import CANCELLED, FAILED, FINISHED, Request, select_next_ids
-from .token2wav import decode_batch
 from .scheduler import FinishReason, SchedulerConfig, make_scheduler
 
 log = logging.getLogger("editx")
@@ -53,12 +54,16 @@ class Engine:
 
     def __init__(self, llm, sched_config: SchedulerConfig, logit_bias: Optional[torch.Tensor] = None,
                  scheduler_impl: str = "cpp", attention_backend: str = "auto", decode_graphs: str = "auto",
-                 batch_decoder: bool = True) -> None:
+                 batch_decoder: bool = True, overlap_decoder: bool = False) -> None:
         """decode_graphs: "auto" (CUDA graphs for decode-only steps when the model is on CUDA and the
         paged attention runs the Triton kernel), "cuda", "static" (same static buffers, eager: tests),
         or "off". batch_decoder: run the decoder items of one step as one batch across streams
-        (results equal per-stream decoding up to floating-point reduction order)."""
+        (results equal per-stream decoding up to floating-point reduction order). overlap_decoder:
+        run decoder items on a `DecoderWorker` thread beside the LLM steps instead of inside them."""
         self.llm = llm
+        # Held by a decoder round and by CUDA-graph captures: no other thread may launch device
+        # work while a graph is being captured.
+        self._device_lock = threading.Lock()
         self.config = sched_config
         self.scheduler = make_scheduler(sched_config, scheduler_impl)
         # One extra block past the scheduler's pool: the scratch block padded graph rows write into.
@@ -67,6 +72,9 @@ class Engine:
         _LIVE_ENGINES.add(self)
         self.logit_bias = logit_bias
         self.batch_decoder = batch_decoder
+        self.overlap_decoder = overlap_decoder
+        self._worker: Optional[DecoderWorker] = None
+        self._events = 0  # bumped (under _wake) whenever something may let a stalled loop progress
         self.attention_backend = attention_backend
         self._requests: dict[int, Request] = {}
         self._lock = threading.Lock()          # guards _requests
@@ -86,7 +94,7 @@ class Engine:
             return None
         cfg = self.config
         return PagedDecodeGraphs(self.llm, self.cache, -(-cfg.max_model_len // cfg.block_size), cfg.num_blocks,
-                                 cfg.max_num_seqs, mode, backend)
+                                 cfg.max_num_seqs, mode, backend, capture_lock=self._device_lock)
 
     # -- submission (any thread) -----------------------------------------------------------
     def submit(self, req: Request) -> int:
@@ -98,8 +106,7 @@ class Engine:
             req.timeline["submitted"] = time.perf_counter()
             self._requests[rid] = req
         self._ensure_thread()
-        with self._wake:
-            self._wake.notify()
+        self._signal()
         return rid
 
     def cancel(self, req: Request) -> None:
@@ -107,7 +114,12 @@ class Engine:
         req.cancel_event.set()
         if not req.done:
             self.scheduler.cancel(req.id)
+        self._signal()
+
+    def _signal(self) -> None:
+        """Wake the engine loop: new work or a finished decoder item may let it progress."""
         with self._wake:
+            self._events += 1
             self._wake.notify()
 
     def active(self) -> int:
@@ -122,6 +134,9 @@ class Engine:
     def _ensure_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._stopping = False
+            if self.overlap_decoder and self._worker is None:
+                self._worker = DecoderWorker(self.llm.device, self.batch_decoder, self._emit, self._decoder_done,
+                                             self._fail, self._count_decoder_round, self._device_lock)
             self._thread = threading.Thread(target=self._loop, name="editx-engine", daemon=True)
             self._thread.start()
 
@@ -130,13 +145,19 @@ class Engine:
             with self._wake:
                 while not self._stopping and self.active() == 0:
                     self._wake.wait(timeout=0.5)
+                seen = self._events
             if self._stopping:
                 return
             try:
-                self.step(time.monotonic())
+                progressed = self.step(time.monotonic())
             except Exception as exc:  # a failure of the shared step fails every live request
                 log.exception("engine step failed")
                 self._fail_all(exc)
+                continue
+            if not progressed:  # e.g. every live stream waits for its decoder item: sleep until one ends
+                with self._wake:
+                    if self._events == seen and not self._stopping:
+                        self._wake.wait(timeout=0.05)
 
     def shutdown(self) -> None:
         """Stop the engine thread; live requests end with an EditXError (their readers wake up)."""
@@ -145,6 +166,9 @@ class Engine:
             self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None
         with self._lock:
             live = list(self._requests.values())
             self._requests.clear()
@@ -159,12 +183,14 @@ class Engine:
         for _ in range(max_steps):
             if self.active() == 0:
                 return
-            self.step(time.monotonic())
+            if not self.step(time.monotonic()) and self._worker is not None:
+                time.sleep(0.001)  # decoder items in flight on the worker
         raise EditXError(f"engine still busy after {max_steps} steps")
 
     # -- one step ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self, now: float) -> None:
+    def step(self, now: float) -> bool:
+        """Run one planned step; returns whether it did anything (LLM rows, decoder items, endings)."""
         plan = self.scheduler.step(now)
         self.steps += 1
         for rid, reason in plan.ended:
@@ -176,9 +202,8 @@ class Engine:
             self._run_llm(plan)
             self.busy_s["llm"] += time.perf_counter() - t0
         if plan.decoder:
-            t0 = time.perf_counter()
             self._run_decoders(plan.decoder)
-            self.busy_s["decoder"] += time.perf_counter() - t0
+        return bool(len(plan.scheduled_req_ids) or plan.decoder or len(plan.ended))
 
     def _run_llm(self, plan) -> None:
         chunks, sample_rows = [], []
@@ -217,9 +242,10 @@ class Engine:
             self.scheduler.finish(req.id, FinishReason.LENGTH)
 
     def _run_decoders(self, items) -> None:
-        """Run this step's decoder items: one `decode_batch` over all their streams (set-ups,
-        flow chunks and vocoder calls of different streams batched); a failure ends only its stream."""
-        work, owners = [], []
+        """This step's decoder items: one `decode_batch` over all their streams (set-ups, flow chunks
+        and vocoder calls of different streams batched), here or on the worker; a failure ends only
+        its stream."""
+        tasks = []
         for item in items:
             req = self._requests.get(item.req_id)
             if req is None or req.cancel_event.is_set():
@@ -231,25 +257,27 @@ class Engine:
             req.decoded = max(req.decoded, end)
             if req.chunks_out == 0:  # the last dispatch before the first chunk is the one that makes it
                 req.timeline["first_chunk_dispatched"] = time.perf_counter()
-            work.append((req.t2w, ids, bool(item.is_last)))
-            owners.append((req, bool(item.is_last)))
-        if not work:
+            tasks.append(DecoderTask(req, ids, bool(item.is_last)))
+        if not tasks:
             return
-        if self.batch_decoder:
-            results = decode_batch(work, return_exceptions=True)
-        else:
-            results = [_push(stream, ids, last) for stream, ids, last in work]
-        for (req, is_last), result in zip(owners, results):
-            if isinstance(result, BaseException):
-                self._fail(req, result)
-                continue
-            for k, audio in enumerate(result):
-                self._emit(req, audio, is_last and k == len(result) - 1)
-            if is_last and not result:
-                self._emit(req, torch.zeros(0), True)
-            self.scheduler.decoder_done(req.id, sum(c.numel() for c in result) / OUTPUT_RATE, time.monotonic())
+        if self._worker is not None:
+            self._worker.submit(tasks)
+            return
+        t0 = time.perf_counter()
+        run_tasks(tasks, self.batch_decoder, self._emit, self._decoder_done, self._fail)
+        self._count_decoder_round(time.perf_counter() - t0)
+
+    def _decoder_done(self, req: Request, chunks, last: bool) -> None:
+        """A decoder item ended (its chunks are queued): the scheduler may plan the stream's next."""
+        self.scheduler.decoder_done(req.id, sum(c.numel() for c in chunks) / OUTPUT_RATE, time.monotonic())
+        self._signal()
+
+    def _count_decoder_round(self, seconds: float) -> None:
+        self.busy_s["decoder"] += seconds
 
     def _emit(self, req: Request, audio: torch.Tensor, last: bool) -> None:
+        if req.state in (CANCELLED, FAILED) or req.error is not None:
+            return  # ended while its decoder item ran on the worker: its reader is gone
         samples = np.ascontiguousarray(audio.detach().float().cpu().numpy().reshape(-1), dtype=np.float32)
         if samples.size:
             req.timeline.setdefault("first_audio", time.perf_counter())
@@ -277,6 +305,7 @@ class Engine:
         req.error = exc
         self.scheduler.finish(req.id, FinishReason.ERROR)
         req.out.put(exc)
+        self._signal()
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
@@ -294,9 +323,3 @@ def _token_slice(req: Request, start: int, end: int) -> list[int]:
         return req.generated[start - n:end - n]
     return req.prompt_ids[start:min(end, n)] + req.generated[:max(end - n, 0)]
 
-
-def _push(stream, ids, last):
-    try:
-        return stream.push(ids, last=last)
-    except Exception as exc:  # this stream fails; the others continue
-        return exc

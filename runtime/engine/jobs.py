@@ -110,10 +110,10 @@ class StreamRunner:
     """Streams jobs through a shared continuous-batching Engine (created on first use)."""
 
     def __init__(self, llm, decoder: Token2Wav, logit_bias: Optional[torch.Tensor], sched_config: SchedulerConfig,
-                 attention_backend: str = "auto", batch_decoder: bool = True) -> None:
+                 attention_backend: str = "auto", batch_decoder: bool = True, overlap_decoder: bool = False) -> None:
         self.llm, self.decoder, self.logit_bias = llm, decoder, logit_bias
         self.sched_config, self.attention_backend = sched_config, attention_backend
-        self.batch_decoder = batch_decoder
+        self.batch_decoder, self.overlap_decoder = batch_decoder, overlap_decoder
         self._engine: Optional[Engine] = None
         self._init = threading.Lock()
 
@@ -122,7 +122,8 @@ class StreamRunner:
         with self._init:
             if self._engine is None:
                 self._engine = Engine(self.llm, self.sched_config, self.logit_bias,
-                                      attention_backend=self.attention_backend, batch_decoder=self.batch_decoder)
+                                      attention_backend=self.attention_backend, batch_decoder=self.batch_decoder,
+                                      overlap_decoder=self.overlap_decoder)
         return self._engine
 
     def request(self, job: Job, priority: int = 0) -> Request:

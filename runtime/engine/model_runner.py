@@ -122,7 +122,8 @@ class PagedDecodeGraphs:
     """
 
     def __init__(self, model, cache, max_blocks: int, scratch_block: int, max_seqs: int, mode: str,
-                 attention_backend: str = "auto", buckets: tuple[int, ...] = DEFAULT_BUCKETS) -> None:
+                 attention_backend: str = "auto", buckets: tuple[int, ...] = DEFAULT_BUCKETS,
+                 capture_lock: Optional[threading.Lock] = None) -> None:
         if mode not in ("static", "cuda"):
             raise InvalidInputError(f"PagedDecodeGraphs: mode {mode!r}; use 'static' or 'cuda'")
         if mode == "cuda" and model.device.type != "cuda":
@@ -133,6 +134,9 @@ class PagedDecodeGraphs:
         self._static: dict[int, "_PagedStatic"] = {}
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
+        # Taken around a capture: another thread launching device work meanwhile (the engine's
+        # decoder worker) would invalidate it.
+        self._capture_lock = capture_lock or threading.Lock()
         model.slopes(model.device)
 
     def bucket(self, n_seqs: int) -> Optional[int]:
@@ -161,7 +165,8 @@ class PagedDecodeGraphs:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         step = lambda: self.model.forward_paged(static.batch, self.cache, self.backend)  # noqa: E731
-        self._graphs[bucket] = capture_graph(step, self.model.device, self._pool)
+        with self._capture_lock:
+            self._graphs[bucket] = capture_graph(step, self.model.device, self._pool)
         return self._graphs[bucket]
 
 

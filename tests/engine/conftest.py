@@ -3,9 +3,10 @@ import pytest
 from engine_testing import AUDIO, VOICES, make_runtime
 
 
-@pytest.fixture(scope="module")
-def rt():
-    runtime = make_runtime(seed=0)
+@pytest.fixture(scope="module", params=[False, True], ids=["inline-decoder", "overlapped-decoder"])
+def rt(request):
+    """Every engine test runs with decoder items inside the engine step and on the decoder worker."""
+    runtime = make_runtime(seed=0, overlap_decoder=request.param)
     yield runtime
     runtime.close()
 

@@ -120,10 +120,11 @@ def test_asyncio_equals_sequential(rt, voices):
         assert_same_result(got, want)
 
 
-def test_unbatched_decoder_is_bit_identical_to_sequential(voices):
+@pytest.mark.parametrize("overlap", [False, True], ids=["inline-decoder", "overlapped-decoder"])
+def test_unbatched_decoder_is_bit_identical_to_sequential(voices, overlap):
     """With batch_decoder=False nothing is batched across streams but the LLM rows: concurrent
-    requests then give bit-identical audio and tokens to one-by-one runs."""
-    with make_runtime(batch_decoder=False) as rt:
+    requests then give bit-identical audio and tokens to one-by-one runs (decoder worker or not)."""
+    with make_runtime(batch_decoder=False, overlap_decoder=overlap) as rt:
         jobs = _jobs(voices)[:3]
         expected = _sequential(rt, jobs)
         streams = [rt.stream_clone(v, "A prompt.", t, seed=s, sampling=params(rt)) for v, t, s in jobs]
@@ -221,10 +222,11 @@ def test_static_decode_buffers_give_the_same_tokens(rt, voices):
         assert graph_buckets and graph_ids == eager_ids
 
 
-def test_close_ends_running_streams_with_an_error(voices):
+@pytest.mark.parametrize("overlap", [False, True], ids=["inline-decoder", "overlapped-decoder"])
+def test_close_ends_running_streams_with_an_error(voices, overlap):
     from editx import EditXError
 
-    rt = make_runtime()
+    rt = make_runtime(overlap_decoder=overlap)
     stream = rt.stream_clone(voices[0], "A prompt.", "A long text.", seed=1,
                              sampling=rt.default_sampling(max_new_tokens=400))
     next(stream)
@@ -246,3 +248,28 @@ def test_timeline_stamps_the_first_audio_path_in_order(rt, voices):
     assert [t[k] for k in order] == sorted(t[k] for k in order)
     stats = rt.engine_stats()
     assert stats["llm_busy_s"] > 0 and stats["decoder_busy_s"] > 0
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["inline-decoder", "overlapped-decoder"])
+def test_llm_decodes_during_decoder_items_only_when_overlapped(voices, monkeypatch, overlap):
+    """Slow every decoder item down by 0.3 s and count the ids the LLM adds meanwhile: inside the
+    engine step it cannot add any; on the decoder worker it keeps decoding."""
+    import editx.engine.decoder_worker as worker_module
+    import editx.engine.engine as engine_module
+
+    real = worker_module.run_tasks
+    grown = []
+
+    def slow(tasks, *args, **kwargs):
+        before = [len(t.req.generated) for t in tasks]
+        time.sleep(0.3)
+        grown.extend(len(t.req.generated) - b for t, b in zip(tasks, before))
+        return real(tasks, *args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "run_tasks", slow)
+    monkeypatch.setattr(engine_module, "run_tasks", slow)
+    with make_runtime(overlap_decoder=overlap) as rt:
+        chunks = drain(rt.stream_clone(voices[0], "A prompt.", "Some longer text.", seed=3,
+                                       sampling=params(rt)))
+    assert chunks[-1].is_last and grown
+    assert (max(grown) > 0) == overlap, grown
