@@ -17,8 +17,8 @@
 #
 # Output under $OUT (default ./out/gpu_check), 8 files: gpu_check.log (environment first, then
 # everything printed), kernels.json (all kernel benchmarks), offline.json, stream.json + .svg
-# (decoder worker on, the default), stream_inline.json + .svg (decoder items inside the engine step,
-# same run: the overlap's effect), decoder_batch.json.
+# (decoder worker on, the default), stream_inline.json (decoder items inside the engine step, same
+# run: the overlap's effect), profile_decoder.json (where a decoder chunk's time goes), decoder_batch.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_check}
@@ -74,7 +74,9 @@ step 130 "streaming benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_strea
     --prompt-audio "$PROMPT" --out "$OUT/stream.json"
 step 100 "streaming benchmark, decoder inside the engine step: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py \
     --model "$MODEL" --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16 64} \
-    --prompt-audio "$PROMPT" --overlap-decoder off --out "$OUT/stream_inline.json"
+    --prompt-audio "$PROMPT" --overlap-decoder off --no-plot --out "$OUT/stream_inline.json"
+step 40 "decoder profile: $MODEL on $DEVICE" $PY benchmarks/e2e/profile_decoder.py --model "$MODEL" \
+    --device "$DEVICE" --out "$OUT/profile_decoder.json"
 step 80 "offline benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_offline.py --model "$MODEL" \
     --device "$DEVICE" --tokens "$TOKENS" --prompt-audio "$PROMPT" --out "$OUT/offline.json"
 step 40 "batched decoder benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_decoder_batch.py \

@@ -41,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=150, help="max audio tokens per request (41.67 per second)")
     p.add_argument("--overlap-decoder", choices=["on", "off"], default="on",
                    help="run decoder items beside the LLM steps (RuntimeConfig.overlap_decoder)")
+    p.add_argument("--no-plot", action="store_true", help="write only the JSON (no SVG plot)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
 
@@ -153,18 +154,19 @@ def main(argv=None) -> dict:
             write_json(out, payload)  # after every level: a run stopped early keeps what it measured
     payload.update(complete=True, engine=rt.engine_stats())
     write_json(out, payload)
-    cached = [lv for lv in levels if lv["voice"] == "cached"]
-    write_svg_plot(out.with_suffix(".svg"), "concurrency",
-                   {"TTFA p50 (ms)": [(lv["concurrency"], lv["ttfa_ms_p50"]) for lv in cached],
-                    "TTFA p99 (ms)": [(lv["concurrency"], lv["ttfa_ms_p99"]) for lv in cached],
-                    "audio s per s (x100)": [(lv["concurrency"], 100 * lv["audio_s_per_s"]) for lv in cached]},
-                   title=f"editx streaming, {args.model} on {payload['env']['device_name']}")
+    if not args.no_plot:
+        cached = [lv for lv in levels if lv["voice"] == "cached"]
+        write_svg_plot(out.with_suffix(".svg"), "concurrency",
+                       {"TTFA p50 (ms)": [(lv["concurrency"], lv["ttfa_ms_p50"]) for lv in cached],
+                        "TTFA p99 (ms)": [(lv["concurrency"], lv["ttfa_ms_p99"]) for lv in cached],
+                        "audio s per s (x100)": [(lv["concurrency"], 100 * lv["audio_s_per_s"]) for lv in cached]},
+                       title=f"editx streaming, {args.model} on {payload['env']['device_name']}")
     rows = [(f"c={lv['concurrency']:<3} {lv['voice']:<6}",
              f"ttfa p50 {lv['ttfa_ms_p50']:8.1f} ms  p99 {lv['ttfa_ms_p99']:8.1f} ms  rtf {lv['rtf_mean']:.3f}  "
              f"underruns {lv['underruns']:3d}  audio s/s {lv['audio_s_per_s']:.2f}") for lv in levels]
     rows.append(("offline c=1", f"first audio {baseline['ttfa_ms']:8.1f} ms  rtf {baseline['rtf']:.3f}"))
     print_table(rows)
-    print(f"wrote {out} and {out.with_suffix('.svg')}")
+    print(f"wrote {out}" + ("" if args.no_plot else f" and {out.with_suffix('.svg')}"))
     return payload
 
 

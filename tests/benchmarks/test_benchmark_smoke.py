@@ -1,0 +1,51 @@
+"""The end-to-end benchmark scripts still run (tiny settings, CPU) and write what they promise.
+
+They are the tools of the time-boxed GPU check (benchmarks/gpu_check.sh): one that rots is found
+there, with minutes of device time lost. Numbers are not checked here — only that each script
+completes and writes well-formed results.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+AUDIO = REPO.parent / "shared" / "audio" / "zero_shot_en_prompt.wav"
+
+
+def run(script: str, *args: str, timeout: int = 240) -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "e2e" / script), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_stream_benchmark_writes_levels_and_the_ttfa_split(tmp_path):
+    if not AUDIO.is_file():
+        pytest.skip("speech clips not found (../shared/audio)")
+    out = tmp_path / "stream.json"
+    run("bench_stream.py", "--concurrency", "1", "2", "--tokens", "40", "--prompt-audio", str(AUDIO),
+        "--no-plot", "--out", str(out))
+    payload = json.loads(out.read_text())
+    assert payload["complete"] and [lv["concurrency"] for lv in payload["levels"]] == [1, 1, 2, 2]
+    assert all(set(lv["ttfa_parts_ms_p50"]) == {"front_end", "to_first_token", "first_chunk_tokens", "decoder"}
+               for lv in payload["levels"])
+    assert not out.with_suffix(".svg").exists()
+
+
+def test_decoder_profile_names_every_stage(tmp_path):
+    out = tmp_path / "profile.json"
+    run("profile_decoder.py", "--chunks", "1", "--out", str(out))
+    payload = json.loads(out.read_text())
+    assert set(payload["stages"]) == {"flow.setup", "flow.encoder", "flow.dit_solve", "hift.vocode"}
+    assert payload["top_ops"] and all(op["self_ms"] >= 0 for op in payload["top_ops"])
+
+
+def test_decoder_batch_benchmark_runs(tmp_path):
+    out = tmp_path / "decoder_batch.json"
+    run("bench_decoder_batch.py", "--streams", "1", "2", "--rounds", "1", "--layouts", "ragged", "--out", str(out))
+    levels = json.loads(out.read_text())["levels"]
+    assert [lv["streams"] for lv in levels] == [1, 2] and all(lv["speedup"] > 0 for lv in levels)
