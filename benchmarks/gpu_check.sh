@@ -66,7 +66,7 @@ if [ "$DEVICE" = "cpu" ]; then KQUICK="--quick"; KENV="TRITON_INTERPRET=1"; fi
 [ -d .gpu_data/audio ] && export EDITX_AUDIO=$PWD/.gpu_data/audio
 # Most important first (issue 5): the streaming engine on the device (CUDA-graph decode steps vs
 # eager, concurrency = sequential, cancel), then the dummy:full streaming sweep.
-step 100 "engine tests on $DEVICE" env EDITX_TEST_DEVICE="$DEVICE" $KENV $PY -m pytest -q -x tests/engine \
+step 160 "engine tests on $DEVICE" env EDITX_TEST_DEVICE="$DEVICE" $KENV $PY -m pytest -q -x tests/engine \
     tests/unit/test_model_runner.py
 step 70 "kernel tests on $DEVICE" env $KENV $PY -m pytest -q tests/kernels
 step 130 "streaming benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py --model "$MODEL" \

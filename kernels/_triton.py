@@ -9,8 +9,9 @@ stores bfloat16 as raw uint16 and its `tl.dot` multiplies those raw integers, so
 upcast 16-bit `tl.dot` operands to fp32 when interpreted (`UPCAST_DOT`); products of bf16/fp16
 values are exact in fp32 and the GPU's MMA also accumulates in fp32, so both paths compute the
 same sums up to accumulation order. Every other bf16 value is converted to fp32 before any
-arithmetic (in the kernels, on any device). Two interpreter shims below (applied only when the
-interpreter is on) fix a NumPy ≥ 2.4 incompatibility and its truncating fp32 → bf16 cast.
+arithmetic (in the kernels, on any device). Three interpreter shims below (applied only when the
+interpreter is on) fix a NumPy ≥ 2.4 incompatibility, its truncating fp32 → bf16 cast, and its
+thread-unsafety.
 """
 from __future__ import annotations
 
@@ -83,9 +84,35 @@ def _patch_interpreter_bf16_rounding() -> None:
     builder._editx_bf16_rounding_patched = True
 
 
+def _patch_interpreter_serial_launches() -> None:
+    """Interpreter thread-safety: one interpreted launch at a time, process-wide.
+
+    A launch patches `triton.language` module-wide for its duration and restores it at the end,
+    so two launches on different threads (the engine's LLM step and its decoder worker) undo each
+    other's patches mid-kernel ("Did you forget to add @triton.jit?"). Compiled kernels are unaffected.
+    """
+    import threading
+
+    from triton.runtime import interpreter
+
+    executor = interpreter.GridExecutor
+    if getattr(executor, "_editx_serial_patched", False):
+        return
+    original = executor.__call__
+    lock = threading.RLock()  # re-entrant: a launch never nests another, but stay safe if it did
+
+    def call(self, *args, **kwargs):
+        with lock:
+            return original(self, *args, **kwargs)
+
+    executor.__call__ = call
+    executor._editx_serial_patched = True
+
+
 if HAS_TRITON and triton.knobs.runtime.interpret:  # pragma: no branch
     _patch_interpreter_scalar_index()
     _patch_interpreter_bf16_rounding()
+    _patch_interpreter_serial_launches()
 
 
 def is_interpreted(kernel) -> bool:

@@ -47,3 +47,28 @@ def test_bad_arguments_raise_clear_errors():
         K.swiglu(g, torch.zeros(2, 8, device=DEVICE, dtype=torch.float16))
     with pytest.raises(InvalidInputError, match="gate"):
         K.swiglu(torch.zeros(2, 8, dtype=torch.long, device=DEVICE), g)
+
+
+def test_launches_from_several_threads_at_once():
+    """The engine launches kernels from its LLM thread and its decoder worker at the same time:
+    compiled kernels allow that; the interpreter only with editx's serialising shim (without it,
+    one launch un-patches triton.language under another and this test fails)."""
+    import threading
+
+    gen = torch.Generator().manual_seed(5)
+    inputs = [(randn(3, 37, generator=gen, scale=4.0), randn(3, 37, generator=gen)) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def worker(g, u):
+        try:
+            for _ in range(15):
+                torch.testing.assert_close(K.swiglu(g, u), K.swiglu_ref(g, u), rtol=1e-6, atol=1e-7)
+        except BaseException as exc:  # collected: asserted in the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=pair) for pair in inputs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[0]
