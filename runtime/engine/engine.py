@@ -152,7 +152,10 @@ class Engine:
                 progressed = self.step(time.monotonic())
             except Exception as exc:  # a failure of the shared step fails every live request
                 log.exception("engine step failed")
-                self._fail_all(exc)
+                try:
+                    self._fail_all(exc)
+                except Exception:  # never let the engine thread die: readers would wait forever
+                    log.exception("failing the live requests failed")
                 continue
             if not progressed:  # e.g. every live stream waits for its decoder item: sleep until one ends
                 with self._wake:
@@ -283,6 +286,8 @@ class Engine:
             req.timeline.setdefault("first_audio", time.perf_counter())
         req.out.put(AudioChunk(samples, OUTPUT_RATE, req.chunks_out, last))
         req.chunks_out += 1
+        if getattr(req.out, "closed", False):  # an asyncio consumer whose loop closed: stop its work
+            self.cancel(req)
 
     # -- endings ----------------------------------------------------------------------------
     def _end(self, rid: int, reason: int) -> None:

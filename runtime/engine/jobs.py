@@ -101,9 +101,13 @@ class _AsyncSink:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop, self.queue = loop, asyncio.Queue()
+        self.closed = False  # the consumer's event loop is gone: nobody will read this stream again
 
     def put(self, item) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # "Event loop is closed": the engine cancels the request (Engine._emit)
+            self.closed = True
 
 
 class StreamRunner:

@@ -273,3 +273,17 @@ def test_llm_decodes_during_decoder_items_only_when_overlapped(voices, monkeypat
                                        sampling=params(rt)))
     assert chunks[-1].is_last and grown
     assert (max(grown) > 0) == overlap, grown
+
+
+def test_an_abandoned_event_loop_cancels_only_its_stream(rt, voices):
+    """An asyncio consumer whose loop is closed mid-stream (client gone, generator never closed):
+    handing it the next chunk fails, which must end that request alone, not the engine's step."""
+    other_expected = _sequential(rt, [(voices[2], "Keep going.", 7)])[0]
+    loop = asyncio.new_event_loop()
+    agen = rt.astream_clone(voices[0], "A prompt.", "Abandoned.", seed=9, sampling=params(rt, 400))
+    loop.run_until_complete(agen.__anext__())
+    other = rt.stream_clone(voices[2], "A prompt.", "Keep going.", seed=7, sampling=params(rt))
+    loop.close()  # the engine's next put to that stream's sink raises "Event loop is closed"
+    assert_same_result(np.concatenate([c.samples for c in drain(other)]), other_expected)
+    after = _wait_idle(rt)
+    assert after["used_blocks"] == 0
