@@ -35,8 +35,12 @@ export PYTHONUNBUFFERED=1
 export PYTHONFAULTHANDLER=1
 status=0
 DEADLINE=${DEADLINE:-560}  # seconds: a step never runs past it (the device call's timeout sits above it)
-step() {  # step <seconds> <title> <command...>: time-boxed (also by DEADLINE), logged, failure recorded
-  local limit=$1 title=$2; shift 2
+# STEPS: the step keys to run (default all; the install always runs), e.g. STEPS="offline decoder_batch
+# kernel_bench" for a second, shorter run: install engine_tests kernel_tests stream stream_inline
+# profile offline decoder_batch kernel_bench.
+step() {  # step <key> <seconds> <title> <command...>: time-boxed (also by DEADLINE), logged, failure recorded
+  local key=$1 limit=$2 title=$3; shift 3
+  if [ -n "${STEPS:-}" ] && [ "$key" != install ] && [[ " $STEPS " != *" $key "* ]]; then return; fi
   local left=$((DEADLINE - SECONDS))
   [ "$limit" -gt "$left" ] && limit=$left
   if [ "$limit" -lt 15 ]; then echo "-- skipped (deadline): $title" | tee -a "$LOG"; status=1; return; fi
@@ -59,32 +63,32 @@ PROMPT=${PROMPT:-$( [ -f .gpu_data/audio/zero_shot_en_prompt.wav ] && echo .gpu_
   $PY -c "import tensorrt as t; print('tensorrt', t.__version__)" 2>&1 | tail -1; } >> "$LOG" 2>&1
 
 # Build the C++ scheduler in place (pybind11 + cmake are on the device image).
-step 120 "install (builds editx._scheduler)" $PY -m pip install -q --no-deps --no-build-isolation -e .
+step install 120 "install (builds editx._scheduler)" $PY -m pip install -q --no-deps --no-build-isolation -e .
 
 KQUICK=""; KENV=""
 if [ "$DEVICE" = "cpu" ]; then KQUICK="--quick"; KENV="TRITON_INTERPRET=1"; fi
 [ -d .gpu_data/audio ] && export EDITX_AUDIO=$PWD/.gpu_data/audio
 # Most important first (issue 5): the streaming engine on the device (CUDA-graph decode steps vs
 # eager, concurrency = sequential, cancel), then the dummy:full streaming sweep.
-step 160 "engine tests on $DEVICE" env EDITX_TEST_DEVICE="$DEVICE" $KENV $PY -m pytest -q -x tests/engine \
+step engine_tests 160 "engine tests on $DEVICE" env EDITX_TEST_DEVICE="$DEVICE" $KENV $PY -m pytest -q -x tests/engine \
     tests/unit/test_model_runner.py
-step 70 "kernel tests on $DEVICE" env $KENV $PY -m pytest -q tests/kernels
-step 130 "streaming benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py --model "$MODEL" \
+step kernel_tests 70 "kernel tests on $DEVICE" env $KENV $PY -m pytest -q tests/kernels
+step stream 130 "streaming benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py --model "$MODEL" \
     --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16 64} \
     --prompt-audio "$PROMPT" --out "$OUT/stream.json"
-step 100 "streaming benchmark, decoder inside the engine step: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py \
+step stream_inline 100 "streaming benchmark, decoder inside the engine step: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py \
     --model "$MODEL" --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16 64} \
     --prompt-audio "$PROMPT" --overlap-decoder off --no-plot --out "$OUT/stream_inline.json"
-step 40 "decoder profile: $MODEL on $DEVICE" $PY benchmarks/e2e/profile_decoder.py --model "$MODEL" \
+step profile 40 "decoder profile: $MODEL on $DEVICE" $PY benchmarks/e2e/profile_decoder.py --model "$MODEL" \
     --device "$DEVICE" --out "$OUT/profile_decoder.json"
-step 80 "offline benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_offline.py --model "$MODEL" \
+step offline 80 "offline benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_offline.py --model "$MODEL" \
     --device "$DEVICE" --tokens "$TOKENS" --prompt-audio "$PROMPT" --out "$OUT/offline.json"
-step 40 "batched decoder benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_decoder_batch.py \
+step decoder_batch 40 "batched decoder benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_decoder_batch.py \
     --model "$MODEL" --device "$DEVICE" --streams ${DECODER_STREAMS:-1 4 16} --out "$OUT/decoder_batch.json"
 # KERNEL_BENCHES: which kernel benchmarks (names without bench_; default every one)
 for name in ${KERNEL_BENCHES:-$(cd benchmarks/kernels && ls bench_*.py | sed 's/^bench_//; s/\.py$//')}; do
   bench=benchmarks/kernels/bench_$name.py; name=bench_$name
-  step 30 "kernel benchmark ${name#bench_}" env $KENV $PY "$bench" --device "$DEVICE" $KQUICK \
+  step kernel_bench 30 "kernel benchmark ${name#bench_}" env $KENV $PY "$bench" --device "$DEVICE" $KQUICK \
       --out "$OUT/.parts/${name#bench_}.json"
 done
 $PY - "$OUT" <<'EOF2' >> "$LOG" 2>&1
