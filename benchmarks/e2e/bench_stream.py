@@ -115,6 +115,39 @@ def run_level(rt: Runtime, prompt, n: int, tokens: int, cached: bool) -> dict:
             "wall_s": wall}
 
 
+def streaming_vs_offline(rt: Runtime, prompt, tokens: int) -> dict:
+    """How far streaming deviates from upstream's offline decoder fed the same tokens (different noise
+    slices and chunked attention by design; spec §6). Compared on the flow's mel (the part the chunk
+    scheme changes): max |diff| and RMS of the difference relative to the offline mel's RMS. The
+    waveforms are compared too, but they also differ by the vocoder's independent NSF noise draws
+    (per chunk vs one per utterance), which dominates with random weights."""
+    import numpy as np
+    import torch
+
+    from editx.models.interleave import llm_ids_to_mixed
+
+    stream = rt.stream_clone(prompt, PROMPT_TEXT, TEXT, seed=2000, sampling=rt.default_sampling(max_new_tokens=tokens))
+    streamed_audio = np.concatenate([c.samples for c in stream])
+    mixed = llm_ids_to_mixed(stream.request.generated[:-1])  # upstream drops the last generated id
+    cond = rt.encode_voice(prompt).conditioning
+    replay = rt.decoder.stream(cond, record=True)  # the same ids one per call, keeping each chunk's mel
+    for i, t in enumerate(mixed):
+        replay.push([t], last=i == len(mixed) - 1)
+    streamed_mel = torch.cat([mel for mel, _ in replay.trace], dim=2)[0].float().cpu().numpy()
+    gen = torch.Generator(device=rt.config.device).manual_seed(2001)
+    offline_audio, offline_mel = rt.decoder.offline(torch.tensor(mixed), cond, generator=gen)
+    offline_mel, offline_audio = offline_mel[0].float().cpu().numpy(), offline_audio.cpu().numpy()
+
+    def compare(a, b) -> dict:
+        n = min(a.shape[-1], b.shape[-1])
+        d = a[..., :n] - b[..., :n]
+        return {"max_abs_diff": float(np.abs(d).max()),
+                "rel_rms_diff": float(np.sqrt((d ** 2).mean() / max((b[..., :n] ** 2).mean(), 1e-12))),
+                "lengths": [int(a.shape[-1]), int(b.shape[-1])]}
+
+    return {"mel": compare(streamed_mel, offline_mel), "audio_incl_nsf_noise": compare(streamed_audio, offline_audio)}
+
+
 def offline_baseline(rt: Runtime, prompt, tokens: int) -> dict:
     start = time.perf_counter()
     audio = rt.clone(prompt, PROMPT_TEXT, TEXT, seed=1000, sampling=rt.default_sampling(max_new_tokens=tokens),
@@ -152,7 +185,11 @@ def main(argv=None) -> dict:
             progress(f"c={n} {lv['voice']}: ttfa p50 {lv['ttfa_ms_p50']:.1f} ms ({split}), "
                      f"{lv['audio_s_per_s']:.2f} audio s/s")
             write_json(out, payload)  # after every level: a run stopped early keeps what it measured
-    payload.update(complete=True, engine=rt.engine_stats())
+    deviation = streaming_vs_offline(rt, prompt, args.tokens)
+    mel = deviation["mel"]
+    progress(f"streaming vs offline, same tokens: mel max |diff| {mel['max_abs_diff']:.4f}, "
+             f"relative RMS {mel['rel_rms_diff']:.4f}")
+    payload.update(complete=True, streaming_vs_offline=deviation, engine=rt.engine_stats())
     write_json(out, payload)
     if not args.no_plot:
         cached = [lv for lv in levels if lv["voice"] == "cached"]

@@ -34,6 +34,9 @@ def test_stream_benchmark_writes_levels_and_the_ttfa_split(tmp_path):
     assert all(set(lv["ttfa_parts_ms_p50"]) == {"front_end", "to_first_token", "first_chunk_tokens", "decoder"}
                for lv in payload["levels"])
     assert not out.with_suffix(".svg").exists()
+    dev = payload["streaming_vs_offline"]
+    assert dev["mel"]["lengths"][0] == dev["mel"]["lengths"][1] > 0
+    assert dev["audio_incl_nsf_noise"]["lengths"][0] == dev["audio_incl_nsf_noise"]["lengths"][1] > 0
 
 
 def test_decoder_profile_names_every_stage(tmp_path):
