@@ -159,6 +159,9 @@ class RuntimeConfig:
         if self.device.type == "cpu" and torch.float16 in (self.dtype, self.decoder_dtype):
             # CPU fp16 kernels are missing for several ops (and slow); bf16 works on CPU.
             raise InvalidInputError("dtype float16 is only supported on CUDA; use float32 or bfloat16 on CPU")
+        for name in ("audio_only_logits", "stream", "batch_decoder", "overlap_decoder", "cuda_graphs", "progress"):
+            if not isinstance(getattr(self, name), bool):  # "no" or 0 would silently mean something else
+                raise InvalidInputError(f"{name}: expected True or False, got {getattr(self, name)!r}")
         _check_range("vq02_dither", self.vq02_dither, 0.0, 100.0)
         _check_range("cfg_rate", self.cfg_rate, 0.0, 10.0)
         if not 1 <= self.n_timesteps <= 1000:

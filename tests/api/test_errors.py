@@ -122,6 +122,13 @@ def test_bad_dtype_name():
         RuntimeConfig(dtype="int8")
 
 
+@pytest.mark.parametrize("name", ["overlap_decoder", "batch_decoder", "cuda_graphs", "stream"])
+def test_switches_take_booleans_only(name):
+    with pytest.raises(InvalidInputError, match=f"{name}: expected True or False"):
+        RuntimeConfig(**{name: "no"})
+    assert getattr(RuntimeConfig(**{name: False}), name) is False
+
+
 def test_failed_request_leaves_runtime_intact(rt, sampling, prompt_wav):
     before = rt.clone(prompt_wav, "A prompt.", "Text.", seed=9, sampling=sampling)
     for bad in (lambda: rt.clone(b"junk", "A prompt.", "Text.", sampling=sampling),
