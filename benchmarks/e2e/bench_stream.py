@@ -20,10 +20,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import environment, print_table, progress, write_json, write_svg_plot  # noqa: E402
 
 from editx import Runtime  # noqa: E402
+from editx.models.interleave import llm_ids_to_mixed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PROMPT = REPO.parent / "shared" / "audio" / "zero_shot_en_prompt.wav"
@@ -121,11 +125,6 @@ def streaming_vs_offline(rt: Runtime, prompt, tokens: int) -> dict:
     scheme changes): max |diff| and RMS of the difference relative to the offline mel's RMS. The
     waveforms are compared too, but they also differ by the vocoder's independent NSF noise draws
     (per chunk vs one per utterance), which dominates with random weights."""
-    import numpy as np
-    import torch
-
-    from editx.models.interleave import llm_ids_to_mixed
-
     stream = rt.stream_clone(prompt, PROMPT_TEXT, TEXT, seed=2000, sampling=rt.default_sampling(max_new_tokens=tokens))
     streamed_audio = np.concatenate([c.samples for c in stream])
     mixed = llm_ids_to_mixed(stream.request.generated[:-1])  # upstream drops the last generated id

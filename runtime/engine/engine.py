@@ -19,8 +19,8 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-import weakref
 import time
+import weakref
 from typing import Optional
 
 import numpy as np
@@ -82,8 +82,9 @@ class Engine:
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
         self.steps = 0
-        # Wall seconds the engine thread spent in each half of its steps (includes waiting for the
-        # device where results are read back: sampling reads logits, emitting reads audio).
+        # Wall seconds spent on LLM steps (engine thread) and on decoder items (engine thread, or the
+        # decoder worker when overlapped); both include waiting for the device where results are
+        # read back (sampling reads logits, emitting reads audio).
         self.busy_s = {"llm": 0.0, "decoder": 0.0}
 
     def _decode_graphs(self, mode: str, backend: str) -> Optional[PagedDecodeGraphs]:

@@ -179,6 +179,18 @@ def scripted_calls(totals: list[int], seed: int) -> list[list[tuple[int, int, bo
     return calls
 
 
+def push_and_batch(twins, ids: list[list[int]], fed: list[int], items):
+    """One call: stream i gets its next n ids (items: (i, n, last)), fed one way to twin 0 by `push`
+    and to twin 1 by one `decode_batch`. Advances `fed`; returns [(i, pushed chunks, batched chunks)]."""
+    feeds = []
+    for i, n, last in items:
+        feeds.append((i, ids[i][fed[i]:fed[i] + n], last))
+        fed[i] += n
+    by_push = [twins[i][0].push(chunk, last) for i, chunk, last in feeds]
+    by_batch = decode_batch([(twins[i][1], chunk, last) for i, chunk, last in feeds])
+    return [(i, p, b) for (i, _, _), p, b in zip(feeds, by_push, by_batch)]
+
+
 def run_scenario(n_streams: int, seed: int, dtype: torch.dtype = torch.float32):
     """Drive twin streams call by call; yields (call, [(stream index, push chunks, batch chunks)], twins)."""
     flow, hift = tiny_flow(dtype=dtype), tiny_hift(dtype=dtype)
@@ -192,13 +204,7 @@ def run_scenario(n_streams: int, seed: int, dtype: torch.dtype = torch.float32):
              for i in range(n_streams)]
     fed = [0] * n_streams
     for call, items in enumerate(scripted_calls(totals, seed)):
-        feeds = []
-        for i, n, last in items:
-            feeds.append((i, ids[i][fed[i]:fed[i] + n], last))
-            fed[i] += n
-        by_push = [twins[i][0].push(chunk, last) for i, chunk, last in feeds]
-        by_batch = decode_batch([(twins[i][1], chunk, last) for i, chunk, last in feeds])
-        yield call, [(i, p, b) for (i, _, _), p, b in zip(feeds, by_push, by_batch)], twins
+        yield call, push_and_batch(twins, ids, fed, items), twins
 
 
 @pytest.mark.parametrize("n_streams,seed", [(5, 1), (2, 2)])
@@ -508,12 +514,6 @@ def test_decode_batch_with_triton_forced_matches_push():
     fed = [0, 0, 0]
     with kernel_backend("triton", "dit_attention"):
         for c, call in enumerate(calls):
-            work = []
-            for i, n, last in call:
-                work.append((i, ids[i][fed[i]:fed[i] + n], last))
-                fed[i] += n
-            by_push = [twins[i][0].push(chunk, last) for i, chunk, last in work]
-            by_batch = decode_batch([(twins[i][1], chunk, last) for i, chunk, last in work])
-            for (i, _, _), p, b in zip(work, by_push, by_batch):
+            for i, p, b in push_and_batch(twins, ids, fed, call):
                 # kernel (online softmax) vs reference: summation order again
                 assert_chunks([x.cpu() for x in b], [x.cpu() for x in p], AUDIO_RTOL, f"call {c} stream {i}")
