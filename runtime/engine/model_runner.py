@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from ..errors import InvalidInputError
+from ..models.cuda_graph import capture_graph
 from .kv_cache import KVCache
 
 DecodeStep = Callable[[torch.Tensor, KVCache, torch.Tensor, int], torch.Tensor]
@@ -83,24 +84,6 @@ class GraphedDecoder:
             self._pool = torch.cuda.graph_pool_handle()
         self._graphs[key_len] = capture_graph(step, self.model.device, self._pool)
         return self._graphs[key_len]
-
-
-def capture_graph(step: Callable[[], torch.Tensor], device: torch.device,
-                  pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-    """Record `step()` (reading/writing only static buffers) as a CUDA graph in `pool`; returns
-    (graph, its output tensor). Two warm-up runs on a side stream first settle lazy inits and the
-    allocator outside the graph; they write exactly what the step writes, so capturing with a real
-    step's inputs in the buffers is harmless."""
-    side = torch.cuda.Stream(device=device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            step()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        out = step()
-    return graph, out
 
 
 # ---------------------------------------------------------------------------------------

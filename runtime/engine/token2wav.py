@@ -18,6 +18,7 @@ import torch
 
 from ..errors import InvalidInputError
 from ..models.flow import FlowModel, reshape_mixed_tokens
+from ..models.flow.dit_slots import DiTSlots, SlotCache
 from ..models.flow.streaming import (FlowStreamState, inference_chunk, inference_chunk_batch, next_stream_action,
                                      setup_stream, setup_stream_batch)
 from ..models.flow.tokens import check_pair_ids
@@ -66,6 +67,9 @@ class Token2Wav:
     def __init__(self, flow: FlowModel, hift: HiFTGenerator, noise: torch.Tensor, n_timesteps: int = 10) -> None:
         # noise: [1, 80, N] fixed ODE start noise (upstream's rand_noise buffer, drawn once per process).
         self.flow, self.hift, self.noise, self.n_timesteps = flow, hift, noise, n_timesteps
+        # Pool of streaming DiT caches (static-shape solves, CUDA graphs); None: packed caches only.
+        # A shared resource like the LLM's KV pool: streams lease slots and give them back at the end.
+        self.slots: Optional[DiTSlots] = None
 
     @property
     def device(self) -> torch.device:
@@ -200,10 +204,26 @@ class Token2WavStream:
 
     def _commit(self, plan: _Plan) -> None:
         self.buffer, self.chunk_sizes, self.finished = plan.buffer, plan.chunk_sizes, plan.last
+        if self.finished:
+            self._release_slot()
+
+    def close(self) -> None:
+        """End the stream early (cancelled request): its DiT cache slot goes back to the pool now."""
+        self.finished = True
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        cache = None if self.flow_state is None else self.flow_state.estimator
+        if isinstance(cache, SlotCache):
+            cache.lease.release()
 
     # -- single-stream execution ---------------------------------------------------------
     def _setup(self, step: _Step) -> None:
         d, v = self.decoder, self.voice
+        if d.slots is not None:
+            (self.flow_state,) = setup_stream_batch(d.flow, [v.prompt_pairs], [step.pairs()], [v.prompt_feat],
+                                                    [v.embedding], d.noise, n_timesteps=d.n_timesteps, slots=d.slots)
+            return
         self.flow_state = setup_stream(d.flow, v.prompt_pairs.to(d.device), step.pairs().to(d.device),
                                        v.prompt_feat.to(d.device), v.embedding.to(d.device), d.noise,
                                        n_timesteps=d.n_timesteps)
@@ -300,6 +320,7 @@ def decode_batch(work: Sequence[WorkItem], return_exceptions: bool = False) -> l
     for p in pending:
         if p.error is not None:
             results[p.index] = p.error
+            _drop_tentative_slot(p)
             continue
         s = p.stream
         s.flow_state, s.hift_state, s.hift_calls = p.flow_state, p.hift_state, p.hift_calls
@@ -308,6 +329,13 @@ def decode_batch(work: Sequence[WorkItem], return_exceptions: bool = False) -> l
         s._commit(p.plan)
         results[p.index] = p.chunks
     return results
+
+
+def _drop_tentative_slot(p: _Pending) -> None:
+    """A failed entry whose set-up ran in this batch leased a slot its stream never sees: free it."""
+    fresh = p.flow_state is not None and p.stream.flow_state is None
+    if fresh and isinstance(p.flow_state.estimator, SlotCache):
+        p.flow_state.estimator.lease.release()
 
 
 def _pending_entry(i: int, item: object, seen: set[int]) -> _Pending:
@@ -357,7 +385,8 @@ def _setup_group(group: list[_Pending], r: int) -> None:
     voices = [p.stream.voice for p in group]
     states = setup_stream_batch(
         d.flow, [v.prompt_pairs for v in voices], [p.plan.steps[r].pairs() for p in group],
-        [v.prompt_feat for v in voices], [v.embedding for v in voices], d.noise, n_timesteps=d.n_timesteps)
+        [v.prompt_feat for v in voices], [v.embedding for v in voices], d.noise, n_timesteps=d.n_timesteps,
+        slots=d.slots)
     for p, state in zip(group, states):
         p.flow_state = state
 

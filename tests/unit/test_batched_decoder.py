@@ -12,16 +12,15 @@ from dataclasses import fields
 import pytest
 import torch
 
-from random_weights import fill_random_
-
+from decoder_testing import assert_close, make_decoder, make_voice, mixed_ids, pairs_of, tiny_flow, tiny_hift
 from editx.engine.token2wav import Token2Wav, Token2WavStream, VoiceConditioning, decode_batch
 from editx.errors import InvalidInputError
 from editx.kernels import _triton
 from editx.layers import kernel_backend
-from editx.models.flow import FlowConfig, FlowModel, inference_chunk, reshape_mixed_tokens, setup_stream
+from editx.models.flow import inference_chunk, setup_stream
 from editx.models.flow.encoder import EncoderChunkCache
 from editx.models.flow.streaming import inference_chunk_batch, setup_stream_batch
-from editx.models.hift import HiFTConfig, HiFTGenerator, HiFTStreamState, draw_nsf
+from editx.models.hift import HiFTStreamState, draw_nsf
 from editx.models.hift_stream import vocode_chunk_batch
 
 # Tolerances (fp32), relative to the peak magnitude of the compared tensor. The batched and the
@@ -45,45 +44,7 @@ BF16_MEL_RTOL = 0.05
 N_STEPS = 4  # ODE steps of most tests: the step loop is the same for any count (the scenario uses 10)
 
 
-# -- models and inputs ---------------------------------------------------------------------
-def tiny_flow(seed: int = 1, dtype: torch.dtype = torch.float32) -> FlowModel:
-    return fill_random_(FlowModel(FlowConfig.tiny()), seed).to(dtype)
-
-
-def tiny_hift(seed: int = 2, dtype: torch.dtype = torch.float32) -> HiFTGenerator:
-    # Not fill_random_ (nor the dummy preset's init): with those weights HiFT saturates (exp
-    # magnitudes at the 100 cap, samples at the ±0.99 clip), so a 1e-6 change of the mel, or just
-    # batching, moves samples by ~5e-3 and no tolerance could separate a wrong batch from reduction
-    # noise. torch's default init is well-conditioned (a 1e-6 mel change moves the audio by ~1e-7),
-    # as in test_hift_stream.py.
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = HiFTGenerator(HiFTConfig.tiny()).requires_grad_(False).eval()
-    with torch.no_grad():
-        model.f0_predictor.classifier.bias.fill_(150.0)  # voiced f0, so the source carries phase
-    return model.to(dtype)
-
-
-def mixed_ids(n: int, seed: int) -> list[int]:
-    g = torch.Generator().manual_seed(seed)
-    vq02 = torch.randint(0, 1024, (n,), generator=g)
-    vq06 = torch.randint(1024, 5120, (n,), generator=g)
-    return torch.where(torch.arange(n) % 5 < 2, vq02, vq06).tolist()
-
-
-def make_voice(prompt_ids: int, seed: int) -> VoiceConditioning:
-    g = torch.Generator().manual_seed(seed)
-    frames = 2 * 3 * -(-prompt_ids // 5)
-    # an odd mel length, so the prompt mel is nearest-resized as upstream does
-    feat = torch.randn(1, frames + 3, 80, generator=g) - 4.0
-    return VoiceConditioning.from_features(mixed_ids(prompt_ids, seed), feat, torch.randn(1, 192, generator=g))
-
-
-def make_decoder(flow, hift, n_steps: int, seed: int = 0) -> Token2Wav:
-    noise = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(seed))
-    return Token2Wav(flow, hift, noise, n_timesteps=n_steps)
-
-
+# -- models and inputs (shared ones in tests/decoder_testing.py) ----------------------------
 def provider(seed: int, channels: int):
     """A deterministic NSF draw provider (the parity tests' kind): draws depend on (call, samples) only."""
     def provide(call: int, n_samples: int):
@@ -102,16 +63,6 @@ def twin_streams(decoder: Token2Wav, voice: VoiceConditioning, seed: int, use_pr
 
 
 # -- comparisons ---------------------------------------------------------------------------
-def assert_close(got: torch.Tensor, ref: torch.Tensor, rtol: float, what: str) -> None:
-    assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
-    if ref.numel() == 0:
-        return
-    assert torch.isfinite(got).all(), f"{what}: non-finite values"
-    err = float((got.double() - ref.double()).abs().max())
-    peak = max(float(ref.double().abs().max()), 1e-3)
-    assert err <= rtol * peak, f"{what}: max |diff| {err:.3g} > {rtol} x peak {peak:.3g}"
-
-
 def assert_chunks(got: list[torch.Tensor], ref: list[torch.Tensor], rtol: float, what: str) -> None:
     assert [c.numel() for c in got] == [c.numel() for c in ref], f"{what}: chunk lengths"
     for k, (g, r) in enumerate(zip(got, ref)):
@@ -251,8 +202,6 @@ def test_decode_batch_of_nothing():
 
 
 # -- the ragged flow pieces ----------------------------------------------------------------
-def pairs_of(n_ids: int, seed: int) -> torch.Tensor:
-    return reshape_mixed_tokens(torch.tensor(mixed_ids(n_ids, seed)))[None]
 
 
 def test_flow_batches_match_single_streams():

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -177,15 +177,34 @@ class DiTBlock(nn.Module):
         Each `adaln_modulate` is modulate(norm(x)) after the previous branch's gated residual
         (one fused kernel on CUDA): x += g·branch; y = LN(x)·(1 + scale) + shift.
         """
+        kv = []
+
+        def attend(y: torch.Tensor) -> torch.Tensor:
+            att, k, v = self.attn(y, mask, att_cache)
+            kv.extend((k, v))
+            return att
+
+        x, conv_cache = self.forward_with(x, c, attend, conv_cache, n_valid)
+        return x, kv[0], kv[1], conv_cache
+
+    def forward_with(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        attend: Callable[[torch.Tensor], torch.Tensor],
+        conv_cache: torch.Tensor | None,
+        n_valid: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block with its attention given as `attend(y [B, T, D]) -> [B, T, D]` (the cached
+        attention of `forward`, or the slot-pool attention of `dit_slots`) → (x, conv cache)."""
         (shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp,
          shift_conv, scale_conv, gate_conv) = self.adaLN_modulation(c).chunk(9, dim=-1)
         y, _ = adaln_modulate(x, shift_msa, scale_msa, self.norm1.eps)
-        att, k, v = self.attn(y, mask, att_cache)
+        att = attend(y)
         y, x = adaln_modulate(x, shift_conv, scale_conv, self.norm3.eps, residual=att, gate=gate_msa)
         conv, conv_cache = self.conv(y, conv_cache, n_valid)
         y, x = adaln_modulate(x, shift_mlp, scale_mlp, self.norm2.eps, residual=conv, gate=gate_conv)
-        x = x + gate_mlp * self.mlp(y)
-        return x, k, v, conv_cache
+        return x + gate_mlp * self.mlp(y), conv_cache
 
 
 class FinalLayer(nn.Module):

@@ -23,6 +23,7 @@ import torch
 from ...errors import InvalidInputError
 from .cfm import EstimatorStreamCache
 from .dit import DiT
+from .dit_slots import DiTSlots, SlotCache, SlotRow
 from .encoder import EncoderChunkCache
 from .flow import FlowModel, align_prompt_mel, check_float, slice_noise
 from .tokens import check_pair_ids, mixed_len
@@ -32,14 +33,14 @@ from .tokens import check_pair_ids, mixed_len
 class FlowStreamState:
     """Per-request streaming state (tensors are never written in place; share freely).
 
-    spks `[1, 80]` projected x-vector; encoder / estimator caches; prompt_frames = prompt
-    mel frames (kept at the end of the DiT cache when it is truncated); n_timesteps of the ODE;
+    spks `[1, 80]` projected x-vector; encoder / estimator caches (the estimator's either packed
+    tensors or a `SlotCache` in a `DiTSlots` pool); prompt_frames = prompt mel frames (kept at the end of the DiT cache when it is truncated); n_timesteps of the ODE;
     left_context = newest DiT-cache frames kept besides the prompt.
     """
 
     spks: torch.Tensor
     encoder: EncoderChunkCache
-    estimator: EstimatorStreamCache
+    estimator: EstimatorStreamCache | SlotCache
     prompt_frames: int
     n_timesteps: int
     left_context: int
@@ -102,6 +103,9 @@ def inference_chunk(
     h, encoder_cache = model.encoder.forward_chunk(model.embed_tokens(pairs, clamp=False), state.encoder, last)
     mu = model.encoder_proj(h).transpose(1, 2)  # [1, 80, T_mel]
     x0 = slice_noise(noise, state.noise_offset, mu.shape[2], model.cfg.output_size).to(model.device)
+    if isinstance(state.estimator, SlotCache):
+        mel, (slot_cache,) = _slot_chunks(mu, state.spks, x0, [mu.shape[2]], [state])
+        return mel, replace(state, encoder=encoder_cache, estimator=slot_cache)
     mel, estimator_cache = model.decoder.solve_chunk(
         mu, state.spks, torch.zeros_like(mu), x0, state.n_timesteps, state.estimator)
     estimator_cache = estimator_cache.truncated(state.prompt_frames, state.left_context)
@@ -161,6 +165,7 @@ def setup_stream_batch(
     noise: torch.Tensor,
     n_timesteps: int | None = None,
     left_context: int | None = None,
+    slots: DiTSlots | None = None,
 ) -> list[FlowStreamState]:
     """`setup_stream` of B streams in one batched pass (prompts of any lengths).
 
@@ -168,6 +173,9 @@ def setup_stream_batch(
     lookahead_pairs[b] `[1, L, 2]`, prompt_feats[b] `[1, T_mel_b, 80]`, embeddings[b] `[1, 192]`);
     noise, n_timesteps and left_context are shared. Returns B states, each equal to its
     `setup_stream` state up to floating-point reduction order.
+
+    slots: a `DiTSlots` pool; when it fits these streams and has a free slot for each, their DiT
+    caches live there (static-shape solves, CUDA graphs); otherwise they get packed tensors.
     """
     n_timesteps = model.resolve_n_timesteps(n_timesteps)
     left_context = _resolve_left_context(model, left_context)
@@ -191,6 +199,14 @@ def setup_stream_batch(
     mu = model.encoder_proj(h).transpose(1, 2)  # [B, 80, W]
     cond = _right_padded_rows(conds, mu.shape[2])
     x0 = _noise_rows(model, noise, [0] * batch, n_mel, mu.shape[2])
+    leases = None
+    if slots is not None and slots.fits(n_timesteps, left_context, prompt_frames):
+        leases = slots.acquire(batch)
+    if leases is not None:
+        slot_caches = _slot_setups(slots, leases, mu, spks, cond, x0, n_mel)
+        return [FlowStreamState(spks=spks[b:b + 1], encoder=encoder_caches[b], estimator=slot_caches[b],
+                                prompt_frames=prompt_frames[b], n_timesteps=n_timesteps, left_context=left_context)
+                for b in range(batch)]
     _, estimator = model.decoder.solve_chunk(mu, spks, cond, x0, n_timesteps, None, n_valid=n_mel)
     return [
         FlowStreamState(spks=spks[b:b + 1], encoder=encoder_caches[b],
@@ -222,6 +238,10 @@ def inference_chunk_batch(
     steps = {s.n_timesteps for s in states}
     if len(steps) != 1:
         raise InvalidInputError(f"states: all streams of one batch need the same n_timesteps, got {sorted(steps)}")
+    groups = _cache_groups(states)
+    if len(groups) > 1:  # packed caches and slot pools run as separate batches
+        return _merged(groups, lambda idx: inference_chunk_batch(
+            model, [pairs[b] for b in idx], [states[b] for b in idx], [last[b] for b in idx], noise))
     shapes = {(p.shape[1], bool(end), s.estimator.frames) for p, end, s in zip(pairs, last, states)}
     if not _takes_batch(model, ragged=len(shapes) > 1):
         mels, new_states = [], []
@@ -237,6 +257,10 @@ def inference_chunk_batch(
     mu = model.encoder_proj(h).transpose(1, 2)  # [B, 80, W]
     x0 = _noise_rows(model, noise, [s.noise_offset for s in states], n_mel, mu.shape[2])
     spks = torch.cat([s.spks for s in states])  # [B, 80]
+    if isinstance(states[0].estimator, SlotCache):
+        mel, slot_caches = _slot_chunks(mu, spks, x0, n_mel, states)
+        return ([mel[b:b + 1, :, :n_mel[b]].clone() for b in range(batch)],
+                [replace(s, encoder=encoder_caches[b], estimator=slot_caches[b]) for b, s in enumerate(states)])
     cached = [s.estimator.frames for s in states]
     mel, estimator = model.decoder.solve_chunk(
         mu, spks, torch.zeros_like(mu), x0, steps.pop(), _pack_estimator([s.estimator for s in states]),
@@ -247,6 +271,50 @@ def inference_chunk_batch(
         est = _unpack_estimator(estimator, b, batch, mu.shape[2], n_mel[b], cached[b],
                                 state.prompt_frames, state.left_context)
         new_states.append(replace(state, encoder=encoder_caches[b], estimator=est))
+    return mels, new_states
+
+
+def _slot_setups(slots: DiTSlots, leases, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
+                 x0: torch.Tensor, n_mel: Sequence[int]) -> list[SlotCache]:
+    """Run B set-ups in the pool slots `leases` (released again if the solve fails)."""
+    rows = [SlotRow(lease, ring=False, head=0, n_valid=n, visible=(), conv=None) for lease, n in zip(leases, n_mel)]
+    try:
+        _, convs = slots.solve(mu, spks, cond, x0, rows)
+    except BaseException:
+        for lease in leases:
+            lease.release()
+        raise
+    return [SlotCache(lease, n, 0, (), conv) for lease, n, conv in zip(leases, n_mel, convs)]
+
+
+def _slot_chunks(mu: torch.Tensor, spks: torch.Tensor, x0: torch.Tensor, n_mel: Sequence[int],
+                 states: Sequence[FlowStreamState]) -> tuple[torch.Tensor, list[SlotCache]]:
+    """One chunk of B streams whose DiT caches live in one pool → (mel `[B, 80, W]`, new caches)."""
+    caches = [s.estimator for s in states]
+    rows = [SlotRow(c.lease, ring=True, head=c.head, n_valid=n,
+                    visible=tuple(c.ring_frames()) + tuple(range(c.prompt_frames)), conv=c.conv)
+            for c, n in zip(caches, n_mel)]
+    mel, convs = caches[0].lease.pool.solve(mu, spks, torch.zeros_like(mu), x0, rows)
+    return mel, [c.after_chunk(n, conv, s.left_context) for c, n, conv, s in zip(caches, n_mel, convs, states)]
+
+
+def _cache_groups(states: Sequence[FlowStreamState]) -> list[list[int]]:
+    """Stream indices grouped by where their DiT caches live (packed tensors, or one slot pool)."""
+    groups: dict[int, list[int]] = {}
+    for b, s in enumerate(states):
+        key = id(s.estimator.lease.pool) if isinstance(s.estimator, SlotCache) else 0
+        groups.setdefault(key, []).append(b)
+    return list(groups.values())
+
+
+def _merged(groups: list[list[int]], run) -> tuple[list[torch.Tensor], list[FlowStreamState]]:
+    """run(indices) → (mels, states) per group, reassembled in the original stream order."""
+    total = sum(len(g) for g in groups)
+    mels: list = [None] * total
+    new_states: list = [None] * total
+    for idx in groups:
+        for b, mel, state in zip(idx, *run(idx)):
+            mels[b], new_states[b] = mel, state
     return mels, new_states
 
 

@@ -1,0 +1,63 @@
+"""Shared helpers of the decoder tests: tiny flow / HiFT models, token inputs, voices and a
+peak-relative comparison (used by test_batched_decoder.py and test_dit_slots.py)."""
+from __future__ import annotations
+
+import torch
+
+from random_weights import fill_random_
+
+from editx.engine.token2wav import Token2Wav, VoiceConditioning
+from editx.models.flow import FlowConfig, FlowModel, reshape_mixed_tokens
+from editx.models.hift import HiFTConfig, HiFTGenerator
+
+
+def tiny_flow(seed: int = 1, dtype: torch.dtype = torch.float32) -> FlowModel:
+    return fill_random_(FlowModel(FlowConfig.tiny()), seed).to(dtype)
+
+
+def tiny_hift(seed: int = 2, dtype: torch.dtype = torch.float32) -> HiFTGenerator:
+    # Not fill_random_ (nor the dummy preset's init): with those weights HiFT saturates (exp
+    # magnitudes at the 100 cap, samples at the ±0.99 clip), so a 1e-6 change of the mel, or just
+    # batching, moves samples by ~5e-3 and no tolerance could separate a wrong batch from reduction
+    # noise. torch's default init is well-conditioned (a 1e-6 mel change moves the audio by ~1e-7),
+    # as in test_hift_stream.py.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = HiFTGenerator(HiFTConfig.tiny()).requires_grad_(False).eval()
+    with torch.no_grad():
+        model.f0_predictor.classifier.bias.fill_(150.0)  # voiced f0, so the source carries phase
+    return model.to(dtype)
+
+
+def mixed_ids(n: int, seed: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    vq02 = torch.randint(0, 1024, (n,), generator=g)
+    vq06 = torch.randint(1024, 5120, (n,), generator=g)
+    return torch.where(torch.arange(n) % 5 < 2, vq02, vq06).tolist()
+
+
+def make_voice(prompt_ids: int, seed: int) -> VoiceConditioning:
+    g = torch.Generator().manual_seed(seed)
+    frames = 2 * 3 * -(-prompt_ids // 5)
+    # an odd mel length, so the prompt mel is nearest-resized as upstream does
+    feat = torch.randn(1, frames + 3, 80, generator=g) - 4.0
+    return VoiceConditioning.from_features(mixed_ids(prompt_ids, seed), feat, torch.randn(1, 192, generator=g))
+
+
+def make_decoder(flow, hift, n_steps: int, seed: int = 0) -> Token2Wav:
+    noise = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(seed))
+    return Token2Wav(flow, hift, noise, n_timesteps=n_steps)
+
+
+def assert_close(got: torch.Tensor, ref: torch.Tensor, rtol: float, what: str) -> None:
+    assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    if ref.numel() == 0:
+        return
+    assert torch.isfinite(got).all(), f"{what}: non-finite values"
+    err = float((got.double() - ref.double()).abs().max())
+    peak = max(float(ref.double().abs().max()), 1e-3)
+    assert err <= rtol * peak, f"{what}: max |diff| {err:.3g} > {rtol} x peak {peak:.3g}"
+
+
+def pairs_of(n_ids: int, seed: int) -> torch.Tensor:
+    return reshape_mixed_tokens(torch.tensor(mixed_ids(n_ids, seed)))[None]
