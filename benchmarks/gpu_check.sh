@@ -15,10 +15,11 @@
 # PY=.venv/bin/python benchmarks/gpu_check.sh` (with pybind11 + cmake in that venv)
 # dry-runs the same steps on the CPU (kernels under the Triton interpreter, tiny shapes).
 #
-# Output under $OUT (default ./out/gpu_check), 8 files: gpu_check.log (environment first, then
+# Output under $OUT (default ./out/gpu_check), 7 files: gpu_check.log (environment first, then
 # everything printed), kernels.json (all kernel benchmarks), offline.json, stream.json + .svg
 # (decoder worker on, the default), stream_inline.json (decoder items inside the engine step, same
-# run: the overlap's effect), profile_decoder.json (where a decoder chunk's time goes), decoder_batch.json.
+# run: the overlap's effect), decoder.json (decoder_slots: packed caches vs the DiT slot pool with
+# CUDA graphs; profile_decoder: where a chunk's time goes; decoder_batch: batched vs per-stream chunks).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_check}
@@ -26,7 +27,7 @@ DEVICE=${DEVICE:-cuda}
 MODEL=${MODEL:-dummy:full}
 TOKENS=${TOKENS:-200}
 PY=${PY:-python3}
-mkdir -p "$OUT" "$OUT/.parts"
+mkdir -p "$OUT" "$OUT/.parts/kernels" "$OUT/.parts/decoder"
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
 export PYTHONUNBUFFERED=1
@@ -36,8 +37,8 @@ export PYTHONFAULTHANDLER=1
 status=0
 DEADLINE=${DEADLINE:-560}  # seconds: a step never runs past it (the device call's timeout sits above it)
 # STEPS: the step keys to run (default all; the install always runs), e.g. STEPS="offline decoder_batch
-# kernel_bench" for a second, shorter run: install engine_tests kernel_tests stream stream_inline
-# profile offline decoder_batch kernel_bench.
+# kernel_bench" for a second, shorter run: install engine_tests decoder_slots stream kernel_tests
+# stream_inline profile offline decoder_batch kernel_bench.
 step() {  # step <key> <seconds> <title> <command...>: time-boxed (also by DEADLINE), logged, failure recorded
   local key=$1 limit=$2 title=$3; shift 3
   if [ -n "${STEPS:-}" ] && [ "$key" != install ] && [[ " $STEPS " != *" $key "* ]]; then return; fi
@@ -70,33 +71,38 @@ if [ "$DEVICE" = "cpu" ]; then KQUICK="--quick"; KENV="TRITON_INTERPRET=1"; fi
 [ -d .gpu_data/audio ] && export EDITX_AUDIO=$PWD/.gpu_data/audio
 # Most important first (issue 5): the streaming engine on the device (CUDA-graph decode steps vs
 # eager, concurrency = sequential, cancel), then the dummy:full streaming sweep.
-step engine_tests 160 "engine tests on $DEVICE" env EDITX_TEST_DEVICE="$DEVICE" $KENV $PY -m pytest -q -x tests/engine \
-    tests/unit/test_model_runner.py
-step kernel_tests 70 "kernel tests on $DEVICE" env $KENV $PY -m pytest -q tests/kernels
+step engine_tests 200 "engine tests on $DEVICE" env EDITX_TEST_DEVICE="$DEVICE" $KENV $PY -m pytest -q -x tests/engine \
+    tests/unit/test_model_runner.py tests/unit/test_dit_slots.py
+# The DiT slot pool: set-up + first chunk and steady chunks, packed (eager) vs slots (CUDA graphs).
+step decoder_slots 90 "decoder slot pool benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_decoder_slots.py \
+    --model "$MODEL" --device "$DEVICE" --streams ${SLOT_STREAMS:-1 4 8} --out "$OUT/.parts/decoder/decoder_slots.json"
 step stream 130 "streaming benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py --model "$MODEL" \
     --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16 64} \
     --prompt-audio "$PROMPT" --out "$OUT/stream.json"
+step kernel_tests 70 "kernel tests on $DEVICE" env $KENV $PY -m pytest -q tests/kernels
 step stream_inline 100 "streaming benchmark, decoder inside the engine step: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py \
     --model "$MODEL" --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16 64} \
     --prompt-audio "$PROMPT" --overlap-decoder off --no-plot --out "$OUT/stream_inline.json"
 step profile 40 "decoder profile: $MODEL on $DEVICE" $PY benchmarks/e2e/profile_decoder.py --model "$MODEL" \
-    --device "$DEVICE" --out "$OUT/profile_decoder.json"
+    --device "$DEVICE" --out "$OUT/.parts/decoder/profile_decoder.json"
 step offline 80 "offline benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_offline.py --model "$MODEL" \
     --device "$DEVICE" --tokens "$TOKENS" --prompt-audio "$PROMPT" --out "$OUT/offline.json"
 step decoder_batch 40 "batched decoder benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_decoder_batch.py \
-    --model "$MODEL" --device "$DEVICE" --streams ${DECODER_STREAMS:-1 4 16} --out "$OUT/decoder_batch.json"
+    --model "$MODEL" --device "$DEVICE" --streams ${DECODER_STREAMS:-1 4 16} --out "$OUT/.parts/decoder/decoder_batch.json"
 # KERNEL_BENCHES: which kernel benchmarks (names without bench_; default every one)
 for name in ${KERNEL_BENCHES:-$(cd benchmarks/kernels && ls bench_*.py | sed 's/^bench_//; s/\.py$//')}; do
   bench=benchmarks/kernels/bench_$name.py; name=bench_$name
   step kernel_bench 30 "kernel benchmark ${name#bench_}" env $KENV $PY "$bench" --device "$DEVICE" $KQUICK \
-      --out "$OUT/.parts/${name#bench_}.json"
+      --out "$OUT/.parts/kernels/${name#bench_}.json"
 done
 $PY - "$OUT" <<'EOF2' >> "$LOG" 2>&1
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-parts = {p.stem: json.loads(p.read_text()) for p in sorted((out / ".parts").glob("*.json"))}
-(out / "kernels.json").write_text(json.dumps(parts, indent=1) + "\n")
-print("merged", list(parts))
+for group in ("kernels", "decoder"):
+    parts = {p.stem: json.loads(p.read_text()) for p in sorted((out / ".parts" / group).glob("*.json"))}
+    if parts:
+        (out / f"{group}.json").write_text(json.dumps(parts, indent=1) + "\n")
+    print("merged", group, list(parts))
 EOF2
 rm -rf "$OUT/.parts"
 

@@ -28,7 +28,7 @@ from .engine.generate import audio_logit_bias
 from .engine.jobs import ChunkStream, Job, OfflineRunner, StreamRunner, collect
 from .engine.sampling import SamplingParams
 from .engine.scheduler import SchedulerConfig
-from .engine.token2wav import Token2Wav
+from .engine.token2wav import Token2Wav, decoder_slots
 from .engine.voice import VoicePrompt, encode_voice
 from .engine.voice_cache import VoiceCache, audio_key
 from .errors import InvalidInputError
@@ -60,6 +60,7 @@ class Runtime:
         # One fixed start-noise buffer per runtime, as upstream draws one per process (spec §5.6).
         noise = torch.randn(1, components.flow.cfg.output_size, NOISE_FRAMES, generator=gen)
         self.decoder = Token2Wav(components.flow, components.hift, noise.to(config.device), config.n_timesteps)
+        self.decoder.slots = decoder_slots(components.flow, config)
         self.voice_cache = VoiceCache(config.voice_cache_bytes)
         llm = components.llm
         bias = audio_logit_bias(llm.config.vocab_size, llm.config.eos_token_id, config.device) \
@@ -167,8 +168,15 @@ class Runtime:
         return self._voice(wav, sr)
 
     def engine_stats(self) -> dict:
-        """Scheduler / engine counters (blocks, queue lengths, prefix hits, TTFA misses, underruns)."""
-        return self._streamer.engine.stats()
+        """Scheduler / engine counters (blocks, queue lengths, prefix hits, TTFA misses, underruns),
+        and the DiT slot pool's (slots, free slots, CUDA graphs captured)."""
+        slots = self.decoder.slots
+        pool = {"decoder_slots": 0, "free_decoder_slots": 0, "decoder_slot_solves": 0, "decoder_graphs": 0}
+        if slots is not None:
+            pool = {"decoder_slots": slots.streams, "free_decoder_slots": slots.free_slots,
+                    "decoder_slot_solves": slots.solves, "decoder_graphs": len(slots.captured),
+                    "decoder_graph_error": slots.graph_error}
+        return {**self._streamer.engine.stats(), **pool}
 
     def close(self) -> None:
         """Stop the streaming engine (cancels running streams)."""

@@ -116,7 +116,14 @@ class RuntimeConfig:
             engine step, after the LLM forward. Measured on CPU (dummy:tiny, 2 cores): TTFA p50
             921 -> 761 ms at c=1, 2204 -> 1851 ms at c=4; audio-s/s 1.73 -> 2.09 at c=4.
         cuda_graphs: on CUDA, replay the LLM decode step from CUDA graphs (one capture per
-            attention-width bucket); eager decode otherwise.
+            attention-width bucket) and the streams' flow set-ups / chunks from CUDA graphs over the
+            DiT slot pool (one capture per batch x width bucket); eager otherwise.
+        decoder_slots: streams whose streaming DiT caches live in a preallocated slot pool (static
+            shapes, so their ODE solves replay from CUDA graphs); more streams at once, longer
+            prompts or exported DiT graphs use packed caches (eager). None: 8 on CUDA, 0 elsewhere
+            (on CPU the pool only adds copies). Memory: 1.31 MB per frame per stream with the real
+            shapes in fp32, frames = decoder_slot_prompt_frames + 96 + 204: 1.05 GB per stream.
+        decoder_slot_prompt_frames: prompt mel frames one slot holds (50 per second of prompt audio).
         progress: print stage progress to stderr on long work.
         backends: stage -> 'torch' | 'onnxruntime' | 'tensorrt' for the stages in BACKEND_STAGES
             (DiT estimator, flow encoder, HiFT decode, vq02 encoder); see `parse_backends` for the
@@ -147,6 +154,8 @@ class RuntimeConfig:
     batch_decoder: bool = True
     overlap_decoder: bool = True
     cuda_graphs: bool = True
+    decoder_slots: int | None = None
+    decoder_slot_prompt_frames: int = 500
     progress: bool = False
     backends: dict[str, str] = field(default_factory=dict)
     export_dir: str | None = None
@@ -175,6 +184,12 @@ class RuntimeConfig:
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name}: {getattr(self, name)} must be >= 1")
         _check_range("ttfa_target_s", self.ttfa_target_s, 1e-3, 60.0)
+        if self.decoder_slots is None:
+            self.decoder_slots = 8 if self.device.type == "cuda" else 0
+        for name, lo in (("decoder_slots", 0), ("decoder_slot_prompt_frames", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= 4096:
+                raise InvalidInputError(f"{name}: expected an int in [{lo}, 4096], got {value!r}")
         if self.voice_cache_bytes < 0:
             raise InvalidInputError(f"voice_cache_bytes: {self.voice_cache_bytes} must be >= 0")
         if self.resampler not in ("sinc", "soxr"):

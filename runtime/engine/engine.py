@@ -296,10 +296,9 @@ class Engine:
             req = self._requests.pop(rid, None)
         if req is None:
             return
-        if reason == FinishReason.CANCELLED:
-            req.state = CANCELLED
-        elif reason == FinishReason.ERROR:
-            req.state = FAILED
+        if reason in (FinishReason.CANCELLED, FinishReason.ERROR):
+            req.t2w.close()  # its DiT cache slot (if any) goes back to the pool now
+            req.state = CANCELLED if reason == FinishReason.CANCELLED else FAILED
         else:
             req.state = FINISHED
             if req.chunks_out == 0 or not req.t2w.finished:

@@ -10,6 +10,7 @@ Mixed ids are LLM ids − 65536: per 5-id group two vq02 codes (0..1023) then th
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
@@ -18,12 +19,15 @@ import torch
 
 from ..errors import InvalidInputError
 from ..models.flow import FlowModel, reshape_mixed_tokens
+from ..models.flow.dit import DiT
 from ..models.flow.dit_slots import DiTSlots, SlotCache
 from ..models.flow.streaming import (FlowStreamState, inference_chunk, inference_chunk_batch, next_stream_action,
                                      setup_stream, setup_stream_batch)
 from ..models.flow.tokens import check_pair_ids
 from ..models.hift import HiFTGenerator, HiFTStreamState, draw_nsf
 from ..models.hift_stream import vocode_chunk_batch
+
+log = logging.getLogger("editx")
 
 # One NSF draw set per HiFT call: (call index, samples) -> (rand_ini, sine_noise) or None to sample.
 DrawProvider = Callable[[int, int], Optional[tuple[torch.Tensor, torch.Tensor]]]
@@ -255,6 +259,26 @@ class Token2WavStream:
             where = self.generator.device if self.generator is not None else device
             draws = draw_nsf(1, n_samples, self.decoder.hift.config.n_harmonic_channels, where, self.generator)
         return draws
+
+
+def decoder_slots(flow: FlowModel, config) -> Optional[DiTSlots]:
+    """The runtime's DiT slot pool from `RuntimeConfig` (decoder_slots, decoder_slot_prompt_frames,
+    n_timesteps, cuda_graphs), or None when disabled or the DiT runs as an exported graph."""
+    if config.decoder_slots == 0:
+        return None
+    if not isinstance(flow.decoder.estimator, DiT):
+        log.info("decoder_slots: the DiT runs as an exported graph; streams keep packed caches")
+        return None
+    cfg = flow.cfg
+    # mel frames of the widest flush: a buffer one id short of the next chunk + lookahead
+    widest = cfg.token_mel_ratio * (max(cfg.chunk_sizes) + cfg.encoder.pre_lookahead_len)
+    mode = "cuda" if flow.device.type == "cuda" and config.cuda_graphs else "static"
+    slots = DiTSlots(flow.decoder, config.n_timesteps, config.decoder_slots, config.decoder_slot_prompt_frames,
+                     cfg.stream_att_left_context, widest, mode=mode,
+                     chunk_widths=[cfg.token_mel_ratio * c for c in cfg.chunk_sizes])
+    log.info("decoder slot pool: %d streams x %d frames, %.2f GiB (%s)", slots.streams, slots.frames,
+             slots.nbytes / 2**30, mode)
+    return slots
 
 
 # =======================================================================================

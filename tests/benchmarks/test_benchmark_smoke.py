@@ -52,3 +52,11 @@ def test_decoder_batch_benchmark_runs(tmp_path):
     run("bench_decoder_batch.py", "--streams", "1", "2", "--rounds", "1", "--layouts", "ragged", "--out", str(out))
     levels = json.loads(out.read_text())["levels"]
     assert [lv["streams"] for lv in levels] == [1, 2] and all(lv["speedup"] > 0 for lv in levels)
+
+
+def test_decoder_slots_benchmark_runs(tmp_path):
+    out = tmp_path / "decoder_slots.json"
+    run("bench_decoder_slots.py", "--streams", "2", "--rounds", "1", "--prompt-frames", "200", "--out", str(out))
+    (level,) = json.loads(out.read_text())["levels"]
+    assert level["streams"] == 2 and set(level) >= {"packed", "slots"}
+    assert level["slots"]["first_audio_decoder_ms"] > 0 and level["slots"]["max_rel_diff_mel_vs_packed"] < 1e-3

@@ -287,3 +287,26 @@ def test_an_abandoned_event_loop_cancels_only_its_stream(rt, voices):
     assert_same_result(np.concatenate([c.samples for c in drain(other)]), other_expected)
     after = _wait_idle(rt)
     assert after["used_blocks"] == 0
+
+
+@pytest.mark.parametrize("overlap", [False, True], ids=["inline-decoder", "overlapped-decoder"])
+def test_decoder_slot_pool_streams_match_and_slots_come_back(voices, overlap):
+    """With a 2-stream DiT slot pool (static-shape solves; CUDA graphs on a GPU), three concurrent
+    streams (one of them beyond the pool: packed caches) and a cancelled one give the audio of a
+    runtime without the pool, and every slot is free again once the engine is idle."""
+    jobs = _jobs(voices)[:3]
+    with make_runtime(decoder_slots=0) as plain:
+        expected = _sequential(plain, jobs)
+    with make_runtime(decoder_slots=2, overlap_decoder=overlap) as rt:
+        assert rt.engine_stats()["free_decoder_slots"] == 2
+        doomed = rt.stream_clone(voices[0], "A prompt.", "Stop me.", seed=9, sampling=params(rt, 400))
+        next(doomed)
+        doomed.close()
+        streams = [rt.stream_clone(v, "A prompt.", t, seed=s, sampling=params(rt)) for v, t, s in jobs]
+        for stream, want in zip(streams, expected):
+            assert_same_result(np.concatenate([c.samples for c in drain(stream)]), want)
+        _wait_idle(rt)
+        stats = rt.engine_stats()
+        assert stats["free_decoder_slots"] == 2 and stats["decoder_slot_solves"] > 0
+        if DEVICE == "cuda":
+            assert stats["decoder_graphs"] > 0

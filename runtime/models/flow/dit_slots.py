@@ -23,6 +23,7 @@ frames lie in the last left_context + max_chunk written positions, so a new chun
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +39,7 @@ from .cfm import CausalConditionalCFM, EstimatorStreamCache, _euler
 from .dit import DiT, DiTAttention
 
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16)
+log = logging.getLogger("editx")
 
 
 class SlotLease:
@@ -169,6 +171,7 @@ class DiTSlots:
     (the pool keeps one cache per step); prompt_capacity: prompt mel frames a slot holds (longer
     prompts use the dynamic path); left_context: kept non-prompt frames (flow config
     `stream_att_left_context`); max_chunk: widest chunk in mel frames (a flush included).
+    chunk_widths: extra width buckets (the chunk sizes in mel frames).
     mode "static" runs the solve eagerly over the static buffers (CPU, tests); "cuda" replays one
     CUDA graph per (batch bucket, width bucket), captured the first time it is needed.
     Memory: 2 · n_steps · depth · H · hd · (prompt_capacity + left_context + 2·max_chunk) values per
@@ -177,7 +180,8 @@ class DiTSlots:
 
     def __init__(self, cfm: CausalConditionalCFM, n_timesteps: int, streams: int, prompt_capacity: int,
                  left_context: int, max_chunk: int, mode: str = "static",
-                 batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS, width_step: int = 32) -> None:
+                 batch_buckets: Sequence[int] = DEFAULT_BATCH_BUCKETS, width_step: int = 32,
+                 chunk_widths: Sequence[int] = ()) -> None:
         if not isinstance(cfm.estimator, DiT):
             raise InvalidInputError("DiTSlots: the flow's estimator is not the PyTorch DiT (exported graphs "
                                     "run their own shapes)")
@@ -196,8 +200,10 @@ class DiTSlots:
         self.ring = left_context + 2 * max_chunk
         self.frames = prompt_capacity + self.ring
         self.batch_buckets = tuple(sorted({b for b in batch_buckets if 0 < b < streams} | {streams}))
+        # Width buckets: every width_step frames, plus the exact chunk widths (so the regular 30/48/96-frame
+        # chunks run unpadded) and the two limits.
         self.widths = tuple(sorted(set(range(width_step, max(prompt_capacity, max_chunk), width_step))
-                                   | {prompt_capacity, max_chunk}))
+                                   | {prompt_capacity, max_chunk} | {w for w in chunk_widths if 0 < w <= max_chunk}))
         cfg = self.dit.cfg
         shape = (n_timesteps, cfg.depth, 2 * (streams + 1), self.frames, cfg.num_heads, cfg.head_dim)
         with torch.inference_mode():
@@ -210,6 +216,8 @@ class DiTSlots:
         self._static: dict[tuple[int, int], _Static] = {}
         self._graphs: dict[tuple[int, int], tuple] = {}
         self._graph_pool = None
+        self.solves = 0  # solves run over the pool (set-ups + chunk batches), for stats
+        self.graph_error: Optional[str] = None  # why CUDA graphs were given up, if they were
 
     # -- slots -------------------------------------------------------------------------
     @property
@@ -268,10 +276,14 @@ class DiTSlots:
         with self._solve_lock:
             static = self._static.get((bucket_b, bucket_w)) or self._make_static(bucket_b, bucket_w)
             self._load(static, mu, spks, cond, x0, rows)
-            if self.mode == "static":
+            self.solves += 1
+            entry = None
+            if self.mode == "cuda":
+                entry = self._graphs.get((bucket_b, bucket_w)) or self._capture(static)
+            if entry is None:
                 x, conv = self._step(static)
             else:
-                graph, (x, conv) = self._graphs.get((bucket_b, bucket_w)) or self._capture(static)
+                graph, (x, conv) = entry
                 graph.replay()
             pick = torch.tensor([[b, bucket_b + b] for b in range(batch)], device=self.device)
             convs = [conv.index_select(2, pick[b]) for b in range(batch)]  # copies: the buffer is reused
@@ -310,10 +322,18 @@ class DiTSlots:
         return solve_on_pool(self.cfm, st.mu, st.spks, st.cond, st.x0, self.n_steps, self.k, self.v, st.io, st.conv)
 
     def _capture(self, st: _Static):
+        """Record this bucket's solve; if capturing fails, log it and run eagerly from now on (same
+        results, slower: `graph_error` and `captured` in the engine stats tell)."""
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
-        # The decoder worker captures while the engine thread keeps stepping the LLM (thread_local mode).
-        entry = capture_graph(partial(self._step, st), self.device, self._graph_pool, thread_local=True)
+        try:
+            # The decoder worker captures while the engine thread keeps stepping the LLM (thread_local mode).
+            entry = capture_graph(partial(self._step, st), self.device, self._graph_pool, thread_local=True)
+        except Exception as exc:
+            log.warning("DiT slot pool: CUDA-graph capture of bucket (%d streams, %d frames) failed, running "
+                        "eagerly from now on: %r", st.batch, st.width, exc)
+            self.mode, self.graph_error = "static", repr(exc)
+            return None
         self._graphs[(st.batch, st.width)] = entry
         return entry
 
