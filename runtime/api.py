@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from pathlib import Path
 from typing import AsyncIterator, Optional, Union
 
@@ -177,6 +178,18 @@ class Runtime:
                     "decoder_slot_solves": slots.solves, "decoder_graphs": len(slots.captured),
                     "decoder_graph_error": slots.graph_error}
         return {**self._streamer.engine.stats(), **pool}
+
+    def warmup(self) -> None:
+        """Capture the streaming decoder's CUDA graphs now (every chunk bucket of the DiT slot pool and
+        its single-stream set-up buckets) instead of on first use, where a capture would add to that
+        request's latency. A no-op without a slot pool; on CPU it runs each bucket once."""
+        slots = self.decoder.slots
+        if slots is None:
+            return
+        start = time.perf_counter()
+        n = slots.warmup(self._report)
+        self._report(f"decoder warm-up: {n} buckets in {time.perf_counter() - start:.1f} s "
+                     f"({len(slots.captured)} CUDA graphs)")
 
     def close(self) -> None:
         """Stop the streaming engine (cancels running streams)."""

@@ -199,3 +199,13 @@ def test_token2wav_streams_with_slots_match_and_free_their_slots(batched):
     assert pooled.slots.free_slots == 2
     half.close()
     assert pooled.slots.free_slots == 3 and half.finished
+
+
+def test_warmup_runs_every_chunk_bucket_and_frees_its_slots():
+    flow = tiny_flow()
+    slots = make_slots(flow, streams=3)
+    runs = slots.warmup()
+    chunk_buckets = len(slots.batch_buckets) * len(slots.chunk_widths)
+    setup_buckets = len([w for w in slots.widths if w <= slots.prompt_capacity])
+    assert runs == chunk_buckets + setup_buckets == slots.solves
+    assert slots.free_slots == 3 and slots.batch_buckets == (1, 2, 3)

@@ -27,7 +27,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -202,8 +202,9 @@ class DiTSlots:
         self.batch_buckets = tuple(sorted({b for b in batch_buckets if 0 < b < streams} | {streams}))
         # Width buckets: every width_step frames, plus the exact chunk widths (so the regular 30/48/96-frame
         # chunks run unpadded) and the two limits.
+        self.chunk_widths = tuple(sorted({w for w in chunk_widths if 0 < w <= max_chunk} | {max_chunk}))
         self.widths = tuple(sorted(set(range(width_step, max(prompt_capacity, max_chunk), width_step))
-                                   | {prompt_capacity, max_chunk} | {w for w in chunk_widths if 0 < w <= max_chunk}))
+                                   | {prompt_capacity} | set(self.chunk_widths)))
         cfg = self.dit.cfg
         shape = (n_timesteps, cfg.depth, 2 * (streams + 1), self.frames, cfg.num_heads, cfg.head_dim)
         with torch.inference_mode():
@@ -216,6 +217,7 @@ class DiTSlots:
         self._static: dict[tuple[int, int], _Static] = {}
         self._graphs: dict[tuple[int, int], tuple] = {}
         self._graph_pool = None
+        self._last_stream = None  # CUDA stream of the latest solve
         self.solves = 0  # solves run over the pool (set-ups + chunk batches), for stats
         self.graph_error: Optional[str] = None  # why CUDA graphs were given up, if they were
 
@@ -274,6 +276,7 @@ class DiTSlots:
             raise InvalidInputError(f"DiTSlots.solve: {batch} rows x {width} frames do not fit the pool "
                                     f"({self.streams} streams, widths up to {limit})")
         with self._solve_lock:
+            self._follow_last_stream()
             static = self._static.get((bucket_b, bucket_w)) or self._make_static(bucket_b, bucket_w)
             self._load(static, mu, spks, cond, x0, rows)
             self.solves += 1
@@ -288,6 +291,41 @@ class DiTSlots:
             pick = torch.tensor([[b, bucket_b + b] for b in range(batch)], device=self.device)
             convs = [conv.index_select(2, pick[b]) for b in range(batch)]  # copies: the buffer is reused
             return x[:batch, :, :width].clone(), convs
+
+    def warmup(self, report: Optional[Callable[[str], None]] = None) -> int:
+        """Run every chunk bucket (each batch bucket x the chunk widths) and the single-stream set-up
+        buckets once, so their CUDA graphs are captured before traffic (each capture records ~4,000
+        kernels with the real shapes) — requests then never pay a capture. Uses free slots only
+        (garbage written there is never visible: a stream writes each frame before it attends to
+        it). Returns the number of solves run; `report` gets progress lines."""
+        plans = [(True, b, w) for b in self.batch_buckets for w in self.chunk_widths]
+        plans += [(False, 1, w) for w in self.widths if w <= self.prompt_capacity]
+        done = 0
+        for k, (ring, batch, width) in enumerate(plans):
+            leases = self.acquire(batch)
+            if leases is None:
+                continue
+            try:
+                zeros = torch.zeros(batch, self.dit.cfg.out_channels, width, device=self.device)
+                rows = [SlotRow(lease, ring, 0, width, (), None) for lease in leases]
+                self.solve(zeros, zeros[:, :, 0], zeros, zeros, rows)
+                done += 1
+            finally:
+                for lease in leases:
+                    lease.release()
+            if report is not None and (k + 1) % 8 == 0:
+                report(f"DiT slot pool warm-up: {k + 1}/{len(plans)} buckets")
+        return done
+
+    def _follow_last_stream(self) -> None:
+        """On CUDA, order this solve after the previous one when it ran on another stream (a warm-up
+        on the caller's stream, then the decoder worker's): both use the same static buffers."""
+        if self.device.type != "cuda":
+            return
+        current = torch.cuda.current_stream(self.device)
+        if self._last_stream is not None and self._last_stream != current:
+            current.wait_stream(self._last_stream)
+        self._last_stream = current
 
     def _check_row(self, row: SlotRow, b: int, width: int) -> None:
         if row.lease.pool is not self or row.lease.released:
