@@ -16,6 +16,7 @@ builds its own request state.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -55,6 +56,8 @@ class Runtime:
     def __init__(self, components: Components, config: RuntimeConfig) -> None:
         check_vocab(components.llm.config)
         components = apply_backends(components, config)  # stages on onnxruntime / TensorRT (logged once)
+        if config.stream_chunk_frames is not None:  # a copy: the loaded config object stays as read
+            components.flow.cfg = dataclasses.replace(components.flow.cfg, chunk_sizes=config.stream_chunk_frames)
         self.components = components
         self.config = config
         gen = torch.Generator().manual_seed(config.noise_seed)

@@ -47,6 +47,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="run a stage (dit, flow_encoder, hift, vq02) on torch, onnxruntime or tensorrt; "
                         "repeatable; a bare NAME sets every stage")
     p.add_argument("--export-dir", default=None, help="folder written by `editx export` to take graphs from")
+    p.add_argument("--chunk-frames", default=None, metavar="N,N,...",
+                   help="streamed decoder chunk sizes in token frames, multiples of 3 (default upstream's "
+                        "15,24,48; a smaller first chunk gives earlier first audio)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                  decoder_dtype=args.decoder_dtype, seed=args.seed,
                                  progress=not args.quiet, backends=",".join(args.backend) or None,
-                                 export_dir=args.export_dir)
+                                 export_dir=args.export_dir, stream_chunk_frames=args.chunk_frames)
     sampling = rt.default_sampling(greedy=args.greedy, max_new_tokens=args.max_new_tokens)
     stem = Path(args.prompt_audio).stem
     out_dir = Path(args.output_dir)

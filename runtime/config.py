@@ -124,6 +124,11 @@ class RuntimeConfig:
             (on CPU the pool only adds copies). Memory: 1.31 MB per frame per stream with the real
             shapes in fp32, frames = decoder_slot_prompt_frames + 96 + 204: 1.05 GB per stream.
         decoder_slot_prompt_frames: prompt mel frames one slot holds (50 per second of prompt audio).
+        stream_chunk_frames: token frames per streamed decoder chunk (first, second, ...; the last
+            repeats), multiples of 3; None = the model's (upstream 15, 24, 48). The first chunk waits
+            for its frames + 3 lookahead frames of LLM output (15 frames = 30 ids: ~115 ms of decode
+            at 262 tok/s on an H200), so a smaller first chunk reaches first audio sooner; audio
+            near the early chunk boundaries then deviates more from upstream's chunking.
         progress: print stage progress to stderr on long work.
         backends: stage -> 'torch' | 'onnxruntime' | 'tensorrt' for the stages in BACKEND_STAGES
             (DiT estimator, flow encoder, HiFT decode, vq02 encoder); see `parse_backends` for the
@@ -156,6 +161,7 @@ class RuntimeConfig:
     cuda_graphs: bool = True
     decoder_slots: int | None = None
     decoder_slot_prompt_frames: int = 500
+    stream_chunk_frames: tuple[int, ...] | None = None
     progress: bool = False
     backends: dict[str, str] = field(default_factory=dict)
     export_dir: str | None = None
@@ -192,6 +198,8 @@ class RuntimeConfig:
                 raise InvalidInputError(f"{name}: expected an int in [{lo}, 4096], got {value!r}")
         if self.voice_cache_bytes < 0:
             raise InvalidInputError(f"voice_cache_bytes: {self.voice_cache_bytes} must be >= 0")
+        if self.stream_chunk_frames is not None:
+            self.stream_chunk_frames = _chunk_frames(self.stream_chunk_frames)
         if self.resampler not in ("sinc", "soxr"):
             raise InvalidInputError(f"resampler: {self.resampler!r}; use 'sinc' or 'soxr'")
         if self.onnx_provider not in ("auto", "cpu", "cuda"):
@@ -207,6 +215,21 @@ class RuntimeConfig:
     def with_overrides(self, **kwargs) -> "RuntimeConfig":
         """A copy with some fields replaced (and validated again)."""
         return replace(self, **kwargs)
+
+
+def _chunk_frames(value) -> tuple[int, ...]:
+    """stream_chunk_frames as a tuple: "6,24,48" or a sequence of ints, each a positive multiple of 3
+    (mixed ids come in groups of 5 = 3 token frames) and at most 3000 (60 s)."""
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        frames = tuple(int(str(p).strip()) for p in parts)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"stream_chunk_frames: expected token frame counts like (15, 24, 48), "
+                                f"got {value!r}") from None
+    if not frames or any(f < 3 or f % 3 or f > 3000 for f in frames):
+        raise InvalidInputError(f"stream_chunk_frames: each chunk must be a multiple of 3 token frames in "
+                                f"[3, 3000], got {value!r}")
+    return frames
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:

@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overlap-decoder", choices=["on", "off"], default="on",
                    help="run decoder items beside the LLM steps (RuntimeConfig.overlap_decoder)")
     p.add_argument("--no-plot", action="store_true", help="write only the JSON (no SVG plot)")
+    p.add_argument("--chunk-frames", default=None, metavar="N,N,...",
+                   help="decoder chunk sizes in token frames (RuntimeConfig.stream_chunk_frames; default 15,24,48)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
 
@@ -158,7 +160,7 @@ def offline_baseline(rt: Runtime, prompt, tokens: int) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                 overlap_decoder=args.overlap_decoder == "on")
+                                 overlap_decoder=args.overlap_decoder == "on", stream_chunk_frames=args.chunk_frames)
     progress(f"loaded {args.model} on {rt.config.device}")
     start = time.perf_counter()
     rt.warmup()  # the DiT slot pool's CUDA graphs (every chunk bucket): not inside a measured level
@@ -176,7 +178,8 @@ def main(argv=None) -> dict:
     out = Path(args.out or REPO / "benchmarks" / "results" /
                f"stream_{rt.config.device.type}_{args.model.replace(':', '_')}.json")
     payload = {"benchmark": "e2e/stream", "model": args.model, "env": environment(rt.config.device),
-               "overlap_decoder": rt.config.overlap_decoder,
+               "overlap_decoder": rt.config.overlap_decoder, "chunk_frames": list(rt.decoder.flow.cfg.chunk_sizes),
+               "decoder_slots": rt.config.decoder_slots,
                "tokens_per_request": args.tokens, "levels": [], "offline_baseline_c1": baseline, "complete": False}
     levels = payload["levels"]
     for n in args.concurrency:

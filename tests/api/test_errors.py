@@ -129,6 +129,21 @@ def test_switches_take_booleans_only(name):
     assert getattr(RuntimeConfig(**{name: False}), name) is False
 
 
+@pytest.mark.parametrize("bad", [(15, 25), (0,), (), "6,x", 6, (3, 3003)])
+def test_stream_chunk_frames_must_be_multiples_of_three(bad):
+    with pytest.raises(InvalidInputError, match="stream_chunk_frames"):
+        RuntimeConfig(stream_chunk_frames=bad)
+    assert RuntimeConfig(stream_chunk_frames="6, 24,48").stream_chunk_frames == (6, 24, 48)
+
+
+@pytest.mark.parametrize("name,bad", [("decoder_slots", -1), ("decoder_slots", True), ("decoder_slots", 2.5),
+                                      ("decoder_slot_prompt_frames", 0)])
+def test_decoder_slot_sizes_are_checked(name, bad):
+    with pytest.raises(InvalidInputError, match=name):
+        RuntimeConfig(**{name: bad})
+    assert RuntimeConfig().decoder_slots == 0  # CPU: off by default
+
+
 def test_failed_request_leaves_runtime_intact(rt, sampling, prompt_wav):
     before = rt.clone(prompt_wav, "A prompt.", "Text.", seed=9, sampling=sampling)
     for bad in (lambda: rt.clone(b"junk", "A prompt.", "Text.", sampling=sampling),

@@ -310,3 +310,22 @@ def test_decoder_slot_pool_streams_match_and_slots_come_back(voices, overlap):
         assert stats["free_decoder_slots"] == 2 and stats["decoder_slot_solves"] > 0
         if DEVICE == "cuda":
             assert stats["decoder_graphs"] > 0
+
+
+def test_smaller_first_chunk_streams_sooner_and_matches_its_decoder(voices):
+    """stream_chunk_frames=(6, 12): the first chunk needs 15 ids instead of 30, chunks follow that
+    list, and the engine's output equals the streaming decoder fed the same ids with the same list."""
+    with make_runtime(stream_chunk_frames=(6, 12)) as rt:
+        assert rt.decoder.flow.cfg.chunk_sizes == (6, 12)
+        stream = rt.stream_clone(voices[1], "A prompt.", "Other text.", seed=8, sampling=params(rt))
+        chunks = drain(stream)
+        req = stream.request
+        kept = [t - 65536 for t in req.generated[:-1]]
+        gen = torch.Generator(device=rt.config.device).manual_seed(req.params.seed + 1)
+        ref = rt.decoder.stream(rt.encode_voice(voices[1]).conditioning, generator=gen)
+        expected = [c for i, t in enumerate(kept) for c in ref.push([t], last=i == len(kept) - 1)]
+        got = np.concatenate([c.samples for c in chunks])
+        assert_equal_on_cpu(got, torch.cat(expected).cpu().numpy())
+        if len(kept) >= 30:
+            # 6 frames = 12 mel frames x 480 samples, less the 3,840 held back for the cross-fade
+            assert chunks[0].samples.size == 12 * 480 - 3840
