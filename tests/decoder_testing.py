@@ -7,7 +7,8 @@ import torch
 from random_weights import fill_random_
 
 from editx.engine.token2wav import Token2Wav, VoiceConditioning
-from editx.models.flow import FlowConfig, FlowModel, reshape_mixed_tokens
+from editx.models.flow import FlowConfig, FlowModel, inference_chunk, reshape_mixed_tokens
+from editx.models.flow.streaming import inference_chunk_batch
 from editx.models.hift import HiFTConfig, HiFTGenerator
 
 
@@ -61,3 +62,18 @@ def assert_close(got: torch.Tensor, ref: torch.Tensor, rtol: float, what: str) -
 
 def pairs_of(n_ids: int, seed: int) -> torch.Tensor:
     return reshape_mixed_tokens(torch.tensor(mixed_ids(n_ids, seed)))[None]
+
+
+def chunk_rounds_vs_single(flow, got: list, ref: list, rounds, noise, rtol: float, check_states) -> None:
+    """Feed round r's chunks (token frames incl. lookahead, last) to the first len(round) `got` states
+    as one `inference_chunk_batch` and to the `ref` states one by one with `inference_chunk`; compare
+    the mels and call check_states(got_b, ref_b, what) on each pair of new states."""
+    for r, chunk in enumerate(rounds):
+        pairs = [pairs_of(5 * frames // 3 + 5, 100 * r + b)[:, :frames] for b, (frames, _) in enumerate(chunk)]
+        lasts = [last for _, last in chunk]
+        mels, states = inference_chunk_batch(flow, pairs, got[:len(chunk)], lasts, noise)
+        for b in range(len(chunk)):
+            mel, ref[b] = inference_chunk(flow, pairs[b], ref[b], lasts[b], noise)
+            got[b] = states[b]
+            assert_close(mels[b], mel, rtol, f"round {r} stream {b} mel")
+            check_states(got[b], ref[b], f"round {r} stream {b}")

@@ -40,15 +40,20 @@ NOISE_FRAMES = 30000  # as the runtime's start-noise buffer
 OUTPUT_RATE = 24000
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_decoder_arguments(p: argparse.ArgumentParser, streams: list[int]) -> None:
+    """The options the decoder benchmarks share (model, device, dtype, streams, rounds, prompt length)."""
     p.add_argument("--model", default="dummy:tiny")
     p.add_argument("--device", default="cpu")
     p.add_argument("--decoder-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--layouts", nargs="+", default=["ragged", "uniform"], choices=["ragged", "uniform"])
+    p.add_argument("--streams", type=int, nargs="+", default=streams)
     p.add_argument("--rounds", type=int, default=3, help="timed 48-frame chunks per stream and mode")
     p.add_argument("--prompt-ids", type=int, default=150, help="prompt mixed ids (ragged: 0.6x .. 1.4x this)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_decoder_arguments(p, [1, 4, 16])
+    p.add_argument("--layouts", nargs="+", default=["ragged", "uniform"], choices=["ragged", "uniform"])
     p.add_argument("--n-timesteps", type=int, default=None, help="ODE steps (default: the flow config's, 10)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
@@ -130,15 +135,21 @@ def _rel_diff(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((x.float() - y.float()).abs().max()) / max(float(x.float().abs().max()), 1e-6)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
+def load_decoder(args: argparse.Namespace, n_timesteps: int | None = None) -> Token2Wav:
+    """The model's flow + HiFT on args.device in args.decoder_dtype, with the runtime's kind of noise."""
     device = torch.device(args.device)
     torch.set_grad_enabled(False)
     config = RuntimeConfig(device=device, decoder_dtype=getattr(torch, args.decoder_dtype))
     flow, hift, _ = load_stage_models(args.model, config)
     noise = torch.randn(1, flow.cfg.output_size, NOISE_FRAMES, generator=torch.Generator().manual_seed(0))
-    n_steps = args.n_timesteps or flow.cfg.n_timesteps
-    decoder = Token2Wav(flow, hift, noise.to(device), n_steps)
+    return Token2Wav(flow, hift, noise.to(device), n_timesteps or flow.cfg.n_timesteps)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    decoder = load_decoder(args, args.n_timesteps)
+    flow, n_steps = decoder.flow, decoder.n_timesteps
     progress(f"loaded the {args.model} decoder on {device}")
     levels = []
     for layout in args.layouts:

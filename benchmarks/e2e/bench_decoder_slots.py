@@ -24,27 +24,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decoder_batch import make_voices, random_ids  # noqa: E402
+from bench_decoder_batch import add_decoder_arguments, load_decoder, make_voices, random_ids  # noqa: E402
 from common import environment, print_table, progress, sync, write_json  # noqa: E402
 
-from editx.config import RuntimeConfig  # noqa: E402
 from editx.engine.token2wav import Token2Wav, decode_batch  # noqa: E402
-from editx.loading.components import load_stage_models  # noqa: E402
 from editx.models.flow import mixed_len  # noqa: E402
 from editx.models.flow.dit_slots import DiTSlots  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-NOISE_FRAMES = 30000
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="dummy:tiny")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--decoder-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--streams", type=int, nargs="+", default=[1, 4])
-    p.add_argument("--rounds", type=int, default=3, help="timed steady 48-frame chunks per stream")
-    p.add_argument("--prompt-ids", type=int, default=150, help="prompt mixed ids (ragged: 0.6x .. 1.4x this)")
+    add_decoder_arguments(p, [1, 4])
     p.add_argument("--prompt-frames", type=int, default=500, help="prompt mel frames one slot holds")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
@@ -111,12 +103,8 @@ def rel_diff(a: list, b: list) -> float:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
-    torch.set_grad_enabled(False)
-    config = RuntimeConfig(device=device, decoder_dtype=getattr(torch, args.decoder_dtype))
-    flow, hift, _ = load_stage_models(args.model, config)
-    noise = torch.randn(1, flow.cfg.output_size, NOISE_FRAMES, generator=torch.Generator().manual_seed(0))
-    n_steps = flow.cfg.n_timesteps
-    decoder = Token2Wav(flow, hift, noise.to(device), n_steps)
+    decoder = load_decoder(args)
+    flow, n_steps = decoder.flow, decoder.n_timesteps
     top = max(args.streams)
     pools = {"packed": None, "slots": make_pool(flow, n_steps, top, args.prompt_frames,
                                                 "cuda" if device.type == "cuda" else "static")}

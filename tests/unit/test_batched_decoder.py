@@ -12,12 +12,13 @@ from dataclasses import fields
 import pytest
 import torch
 
-from decoder_testing import assert_close, make_decoder, make_voice, mixed_ids, pairs_of, tiny_flow, tiny_hift
+from decoder_testing import (assert_close, chunk_rounds_vs_single, make_decoder, make_voice, mixed_ids,
+                             pairs_of, tiny_flow, tiny_hift)
 from editx.engine.token2wav import Token2Wav, Token2WavStream, VoiceConditioning, decode_batch
 from editx.errors import InvalidInputError
 from editx.kernels import _triton
 from editx.layers import kernel_backend
-from editx.models.flow import inference_chunk, setup_stream
+from editx.models.flow import setup_stream
 from editx.models.flow.encoder import EncoderChunkCache
 from editx.models.flow.streaming import inference_chunk_batch, setup_stream_batch
 from editx.models.hift import HiFTStreamState, draw_nsf
@@ -222,20 +223,14 @@ def test_flow_batches_match_single_streams():
         [(51, False), (13, True)],
         [(4, True)],
     ]
-    for r, chunk in enumerate(rounds):
-        pairs = [pairs_of(5 * frames // 3, 100 * r + b) for b, (frames, _) in enumerate(chunk)]
-        pairs = [p[:, :frames] for p, (frames, _) in zip(pairs, chunk)]
-        lasts = [last for _, last in chunk]
-        mels, states = inference_chunk_batch(flow, pairs, got[:len(chunk)], lasts, noise)
-        for b in range(len(chunk)):
-            mel, ref[b] = inference_chunk(flow, pairs[b], ref[b], lasts[b], noise)
-            got[b] = states[b]
-            assert_close(mels[b], mel, RTOL, f"round {r} stream {b} mel")
-            assert got[b].estimator.frames == ref[b].estimator.frames
-            for name in ("k", "v", "conv"):
-                assert_close(getattr(got[b].estimator, name), getattr(ref[b].estimator, name), RTOL, name)
-            for f in fields(EncoderChunkCache):
-                assert_close(getattr(got[b].encoder, f.name), getattr(ref[b].encoder, f.name), RTOL, f.name)
+    def check(g, r, what: str) -> None:
+        assert g.estimator.frames == r.estimator.frames, what
+        for name in ("k", "v", "conv"):
+            assert_close(getattr(g.estimator, name), getattr(r.estimator, name), RTOL, f"{what} {name}")
+        for f in fields(EncoderChunkCache):
+            assert_close(getattr(g.encoder, f.name), getattr(r.encoder, f.name), RTOL, f"{what} {f.name}")
+
+    chunk_rounds_vs_single(flow, got, ref, rounds, noise, RTOL, check)
     assert ref[0].estimator.frames == ref[0].prompt_frames + left  # truncation was exercised
 
 

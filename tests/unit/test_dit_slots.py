@@ -8,7 +8,8 @@ import gc
 import pytest
 import torch
 
-from decoder_testing import assert_close, make_decoder, make_voice, mixed_ids, pairs_of, tiny_flow, tiny_hift
+from decoder_testing import (assert_close, chunk_rounds_vs_single, make_decoder, make_voice, mixed_ids,
+                             pairs_of, tiny_flow, tiny_hift)
 
 from editx.engine.token2wav import decode_batch
 from editx.errors import InvalidInputError
@@ -69,16 +70,11 @@ def test_slot_streams_match_packed_streams():
     assert all(isinstance(s.estimator, SlotCache) for s in got) and slots.free_slots == 2
     for b in range(3):
         assert_caches_close(got[b].estimator, ref[b].estimator, f"set-up {b}")
-    for r, chunk in enumerate(ROUNDS):
-        pairs = [pairs_of(5 * frames // 3 + 5, 100 * r + b)[:, :frames] for b, (frames, _) in enumerate(chunk)]
-        lasts = [last for _, last in chunk]
-        mels, states = inference_chunk_batch(flow, pairs, got[:len(chunk)], lasts, noise)
-        for b in range(len(chunk)):
-            mel, ref[b] = inference_chunk(flow, pairs[b], ref[b], lasts[b], noise)
-            got[b] = states[b]
-            assert_close(mels[b], mel, RTOL, f"round {r} stream {b} mel")
-            assert got[b].noise_offset == ref[b].noise_offset
-            assert_caches_close(got[b].estimator, ref[b].estimator, f"round {r} stream {b}")
+    def check(g, r, what: str) -> None:
+        assert g.noise_offset == r.noise_offset, what
+        assert_caches_close(g.estimator, r.estimator, what)
+
+    chunk_rounds_vs_single(flow, got, ref, ROUNDS, noise, RTOL, check)
     assert ref[0].estimator.frames == ref[0].prompt_frames + LEFT  # truncation was exercised
     assert len(got[0].estimator.segments) > 1  # ... with the kept frames spread over chunks
 
