@@ -120,9 +120,10 @@ class RuntimeConfig:
             DiT slot pool (one capture per batch x width bucket); eager otherwise.
         decoder_slots: streams whose streaming DiT caches live in a preallocated slot pool (static
             shapes, so their ODE solves replay from CUDA graphs); more streams at once, longer
-            prompts or exported DiT graphs use packed caches (eager). None: 8 on CUDA, 0 elsewhere
-            (on CPU the pool only adds copies). Memory: 1.31 MB per frame per stream with the real
-            shapes in fp32, frames = decoder_slot_prompt_frames + 96 + 204: 1.05 GB per stream.
+            prompts or exported DiT graphs use packed caches (eager). None (auto): on CUDA 8, fewer
+            if 8 would take more than a quarter of the free device memory; 0 elsewhere (on CPU the pool
+            only adds copies). Memory: 1.31 MB per frame per stream with the real shapes in fp32,
+            frames = decoder_slot_prompt_frames + 96 + 204: 1.05 GB per stream (+1 scratch stream).
         decoder_slot_prompt_frames: prompt mel frames one slot holds (50 per second of prompt audio).
         stream_chunk_frames: token frames per streamed decoder chunk (first, second, ...; the last
             repeats), multiples of 3; None = the model's (upstream 15, 24, 48). The first chunk waits
@@ -190,10 +191,10 @@ class RuntimeConfig:
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name}: {getattr(self, name)} must be >= 1")
         _check_range("ttfa_target_s", self.ttfa_target_s, 1e-3, 60.0)
-        if self.decoder_slots is None:
-            self.decoder_slots = 8 if self.device.type == "cuda" else 0
         for name, lo in (("decoder_slots", 0), ("decoder_slot_prompt_frames", 1)):
             value = getattr(self, name)
+            if name == "decoder_slots" and value is None:  # auto: sized when the pool is built
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= 4096:
                 raise InvalidInputError(f"{name}: expected an int in [{lo}, 4096], got {value!r}")
         if self.voice_cache_bytes < 0:

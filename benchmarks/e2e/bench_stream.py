@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
                f"stream_{rt.config.device.type}_{args.model.replace(':', '_')}.json")
     payload = {"benchmark": "e2e/stream", "model": args.model, "env": environment(rt.config.device),
                "overlap_decoder": rt.config.overlap_decoder, "chunk_frames": list(rt.decoder.flow.cfg.chunk_sizes),
-               "decoder_slots": rt.config.decoder_slots,
+               "decoder_slots": rt.engine_stats()["decoder_slots"],
                "tokens_per_request": args.tokens, "levels": [], "offline_baseline_c1": baseline, "complete": False}
     levels = payload["levels"]
     for n in args.concurrency:

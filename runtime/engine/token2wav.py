@@ -261,10 +261,14 @@ class Token2WavStream:
         return draws
 
 
+AUTO_DECODER_SLOTS = 8  # streams with slots by default on CUDA (chunk batches of up to 8 graphed)
+AUTO_SLOT_MEMORY_SHARE = 0.25  # ... as long as the pool takes at most this share of free device memory
+
+
 def decoder_slots(flow: FlowModel, config) -> Optional[DiTSlots]:
     """The runtime's DiT slot pool from `RuntimeConfig` (decoder_slots, decoder_slot_prompt_frames,
     n_timesteps, cuda_graphs), or None when disabled or the DiT runs as an exported graph."""
-    if config.decoder_slots == 0:
+    if config.decoder_slots == 0 or (config.decoder_slots is None and flow.device.type != "cuda"):
         return None
     if not isinstance(flow.decoder.estimator, DiT):
         log.info("decoder_slots: the DiT runs as an exported graph; streams keep packed caches")
@@ -272,13 +276,32 @@ def decoder_slots(flow: FlowModel, config) -> Optional[DiTSlots]:
     cfg = flow.cfg
     # mel frames of the widest flush: a buffer one id short of the next chunk + lookahead
     widest = cfg.token_mel_ratio * (max(cfg.chunk_sizes) + cfg.encoder.pre_lookahead_len)
+    frames = config.decoder_slot_prompt_frames + cfg.stream_att_left_context + 2 * widest
+    streams = config.decoder_slots
+    if streams is None:
+        streams = _auto_slot_streams(flow, config.n_timesteps, frames)
+        if streams == 0:
+            return None
     mode = "cuda" if flow.device.type == "cuda" and config.cuda_graphs else "static"
-    slots = DiTSlots(flow.decoder, config.n_timesteps, config.decoder_slots, config.decoder_slot_prompt_frames,
+    slots = DiTSlots(flow.decoder, config.n_timesteps, streams, config.decoder_slot_prompt_frames,
                      cfg.stream_att_left_context, widest, mode=mode,
                      chunk_widths=[cfg.token_mel_ratio * c for c in cfg.chunk_sizes])
     log.info("decoder slot pool: %d streams x %d frames, %.2f GiB (%s)", slots.streams, slots.frames,
              slots.nbytes / 2**30, mode)
     return slots
+
+
+def _auto_slot_streams(flow: FlowModel, n_timesteps: int, frames: int) -> int:
+    """AUTO_DECODER_SLOTS, or as many as fit in AUTO_SLOT_MEMORY_SHARE of the free device memory."""
+    dit = flow.cfg.dit
+    per_stream = 2 * 2 * n_timesteps * dit.depth * frames * dit.num_heads * dit.head_dim * flow.dtype.itemsize
+    free, _ = torch.cuda.mem_get_info(flow.device)
+    streams = min(AUTO_DECODER_SLOTS, int(AUTO_SLOT_MEMORY_SHARE * free / per_stream) - 1)  # -1: scratch slot
+    if streams < AUTO_DECODER_SLOTS:
+        log.warning("decoder_slots: %d streams fit in %.0f%% of the free %.1f GiB (%.2f GiB each)%s",
+                    max(streams, 0), 100 * AUTO_SLOT_MEMORY_SHARE, free / 2**30, per_stream / 2**30,
+                    "" if streams > 0 else "; streams keep packed caches")
+    return max(streams, 0)
 
 
 # =======================================================================================

@@ -205,3 +205,16 @@ def test_warmup_runs_every_chunk_bucket_and_frees_its_slots():
     setup_buckets = len([w for w in slots.widths if w <= slots.prompt_capacity])
     assert runs == chunk_buckets + setup_buckets == slots.solves
     assert slots.free_slots == 3 and slots.batch_buckets == (1, 2, 3)
+
+
+def test_auto_slot_count_fits_a_share_of_free_device_memory(monkeypatch):
+    """decoder_slots=None on CUDA: 8 streams, fewer when the pool would take > 25% of free memory."""
+    from editx.engine import token2wav
+
+    flow = tiny_flow()
+    frames = 700
+    dit = flow.cfg.dit
+    per_stream = 2 * 2 * N_STEPS * dit.depth * frames * dit.num_heads * dit.head_dim * 4  # fp32 K and V, CFG rows
+    for free, want in ((10**12, 8), (per_stream * 3.5 / 0.25, 2), (per_stream / 0.25, 0)):
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free: (int(f), int(2 * f)))
+        assert token2wav._auto_slot_streams(flow, N_STEPS, frames) == want
