@@ -19,7 +19,8 @@
 # everything printed), kernels.json (all kernel benchmarks), offline.json, stream.json + .svg
 # (decoder worker on, the default), stream_inline.json (decoder items inside the engine step, same
 # run: the overlap's effect), decoder.json (decoder_slots: packed caches vs the DiT slot pool with
-# CUDA graphs; profile_decoder: where a chunk's time goes; decoder_batch: batched vs per-stream chunks).
+# CUDA graphs; profile_decoder: where a chunk's time goes; decoder_batch: batched vs per-stream chunks;
+# sampling: the engine's per-step sampling, blocks vs rows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_check}
@@ -38,7 +39,7 @@ status=0
 DEADLINE=${DEADLINE:-560}  # seconds: a step never runs past it (the device call's timeout sits above it)
 # STEPS: the step keys to run (default all; the install always runs), e.g. STEPS="offline decoder_batch
 # kernel_bench" for a second, shorter run: install engine_tests decoder_slots stream kernel_tests
-# stream_inline profile offline decoder_batch kernel_bench.
+# stream_inline profile offline sampling decoder_batch kernel_bench.
 step() {  # step <key> <seconds> <title> <command...>: time-boxed (also by DEADLINE), logged, failure recorded
   local key=$1 limit=$2 title=$3; shift 3
   if [ -n "${STEPS:-}" ] && [ "$key" != install ] && [[ " $STEPS " != *" $key "* ]]; then return; fi
@@ -87,6 +88,8 @@ step profile 40 "decoder profile: $MODEL on $DEVICE" $PY benchmarks/e2e/profile_
     --device "$DEVICE" --out "$OUT/.parts/decoder/profile_decoder.json"
 step offline 80 "offline benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_offline.py --model "$MODEL" \
     --device "$DEVICE" --tokens "$TOKENS" --prompt-audio "$PROMPT" --out "$OUT/offline.json"
+step sampling 30 "engine sampling benchmark on $DEVICE" $PY benchmarks/e2e/bench_sampling.py --device "$DEVICE" \
+    --out "$OUT/.parts/decoder/sampling.json"
 step decoder_batch 40 "batched decoder benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_decoder_batch.py \
     --model "$MODEL" --device "$DEVICE" --streams ${DECODER_STREAMS:-1 4 16} --out "$OUT/.parts/decoder/decoder_batch.json"
 # KERNEL_BENCHES: which kernel benchmarks (names without bench_; default every one)

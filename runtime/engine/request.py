@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .sampling import RepetitionAwareProcessor, SamplingParams, apply_temperature, apply_top_k
+from .sampling import RepetitionAwareProcessor, SamplingParams, apply_temperature
 from .token2wav import Token2WavStream
 
 # Terminal states; a request ends in exactly one of them.
@@ -85,15 +85,55 @@ def select_next_ids(logits: torch.Tensor, requests: Sequence[Request],
     else:  # rare: per-request processor settings differ; apply row by row
         scores = torch.cat([_ban_repeats(scores[i:i + 1], [r], r.params.repetition_window,
                                          r.params.repetition_threshold) for i, r in enumerate(requests)])
-    out = []
-    for i, r in enumerate(requests):
-        row = scores[i:i + 1]
-        if r.params.greedy:
-            out.append(row.argmax(dim=-1))
+    # Rows sharing (greedy, temperature, top_k) — usually all of them — are warped as one block: the
+    # same scalar ops per row as one row at a time (row-independent), in ~6 launches instead of ~6 per
+    # row (at 64 streams that was ~400 small launches per step). Each draw still uses its request's
+    # own generator, so a request's ids do not depend on who else is in the step.
+    out = torch.empty(len(requests), dtype=torch.long, device=scores.device)
+    for (greedy, temperature, top_k), rows in _param_groups(requests).items():
+        block = scores if len(rows) == len(requests) else scores[rows]
+        if greedy:
+            out[rows] = block.argmax(dim=-1)
             continue
-        warped = apply_top_k(apply_temperature(row, float(r.params.temperature)), int(r.params.top_k))
-        out.append(torch.multinomial(torch.softmax(warped, dim=-1), 1, generator=r.generator).view(1))
-    return torch.cat(out).to(device="cpu").tolist()
+        out[rows] = _draw(block, temperature, top_k, [requests[i].generator for i in rows])
+    return out.to(device="cpu").tolist()
+
+
+def _draw(scores: torch.Tensor, temperature: float, top_k: int,
+          generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One draw per row from softmax(top_k(scores / temperature)) `[G, V]` (upstream's warpers, ties at
+    the k-th value kept) with that row's generator → `[G]` ids.
+
+    Only the kept ids have nonzero probability, so the draw runs over them: the same distribution as a
+    draw over the whole vocabulary, from ~50 entries instead of 74,752. Dividing by the temperature
+    does not change which ids are kept, so only the kept values are divided. Per step that is 2 passes
+    over the vocabulary instead of ~7 (CPU, 64 rows: 225 → 45 ms a step, bench_sampling.py). Upstream draws over
+    the whole vocabulary; its draws are not reproducible across devices anyway, and the parity fixtures
+    fix the scores before the draw, not the draw.
+    """
+    if top_k <= 0:
+        probs = torch.softmax(apply_temperature(scores, temperature), dim=-1)
+        return torch.cat([torch.multinomial(probs[j:j + 1], 1, generator=g) for j, g in enumerate(generators)]).view(-1)
+    k = min(top_k, scores.shape[-1])
+    values, ids = torch.topk(scores, k, dim=-1)  # [G, k] descending
+    kth = values[:, -1:]
+    kept = int((scores >= kth).sum(dim=-1).max())  # > k when the k-th value is tied (HF keeps ties)
+    if kept > k:
+        values, ids = torch.topk(scores, kept, dim=-1)
+        values = values.masked_fill(values < kth, float("-inf"))  # rows with fewer ties
+    probs = torch.softmax(apply_temperature(values, temperature), dim=-1)
+    picks = torch.cat([torch.multinomial(probs[j:j + 1], 1, generator=g) for j, g in enumerate(generators)])
+    return ids.gather(1, picks.view(-1, 1)).view(-1)
+
+
+def _param_groups(requests: Sequence[Request]) -> dict[tuple[bool, float, int], list[int]]:
+    """Row indices by sampling parameters (greedy, temperature, top_k), in row order."""
+    groups: dict[tuple[bool, float, int], list[int]] = {}
+    for i, r in enumerate(requests):
+        p = r.params
+        key = (True, 1.0, 0) if p.greedy else (False, float(p.temperature), int(p.top_k))
+        groups.setdefault(key, []).append(i)
+    return groups
 
 
 def _ban_repeats(scores: torch.Tensor, requests: Sequence[Request], window: int, threshold: float) -> torch.Tensor:

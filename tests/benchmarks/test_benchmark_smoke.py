@@ -60,3 +60,10 @@ def test_decoder_slots_benchmark_runs(tmp_path):
     (level,) = json.loads(out.read_text())["levels"]
     assert level["streams"] == 2 and set(level) >= {"packed", "slots"}
     assert level["slots"]["first_audio_decoder_ms"] > 0 and level["slots"]["max_rel_diff_mel_vs_packed"] < 1e-3
+
+
+def test_sampling_benchmark_runs(tmp_path):
+    out = tmp_path / "sampling.json"
+    run("bench_sampling.py", "--rows", "1", "3", "--out", str(out))
+    levels = json.loads(out.read_text())["levels"]
+    assert [lv["rows"] for lv in levels] == [1, 3] and all(lv["speedup"] > 0 for lv in levels)

@@ -1,0 +1,78 @@
+"""The engine's per-step sampling: `select_next_ids` (rows of equal parameters warped as one block, each
+draw over the top-k ids) vs the previous implementation (every op row by row, each draw over the whole
+74,752-id vocabulary).
+
+    python benchmarks/e2e/bench_sampling.py                       # CPU (ratios only)
+    python benchmarks/e2e/bench_sampling.py --device cuda --rows 1 16 64
+
+Both do the repetition ban, temperature 0.7, top-k 50, softmax and one multinomial draw per row
+from that request's generator: the same distribution (tests/unit/test_select_next_ids.py), not the
+same ids (the draws consume the generators differently). At 64 streams the per-row form launches ~6
+small kernels per row before the draws; on a GPU that is launch overhead on every engine step.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import environment, print_table, progress, time_ms, write_json  # noqa: E402
+
+from editx.engine.request import Request, _ban_repeats, select_next_ids  # noqa: E402
+from editx.engine.sampling import SamplingParams, apply_temperature, apply_top_k  # noqa: E402
+from editx.models.step1 import Step1Config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def per_row(logits: torch.Tensor, requests) -> list[int]:
+    """The previous engine sampling: every step op issued row by row."""
+    scores = _ban_repeats(logits.float(), requests, 10, 0.1)
+    out = []
+    for i, r in enumerate(requests):
+        row = scores[i:i + 1]
+        warped = apply_top_k(apply_temperature(row, float(r.params.temperature)), int(r.params.top_k))
+        out.append(torch.multinomial(torch.softmax(warped, dim=-1), 1, generator=r.generator).view(1))
+    return torch.cat(out).to(device="cpu").tolist()
+
+
+def requests(n: int, device: torch.device) -> list[Request]:
+    reqs = []
+    for i in range(n):
+        r = Request(id=i, prompt_ids=list(range(20)), params=SamplingParams(),
+                    generator=torch.Generator(device=device).manual_seed(i), t2w=None, text="")
+        r.generated = [(7 * i + j) % 5000 for j in range(30)]
+        reqs.append(r)
+    return reqs
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--rows", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    vocab = Step1Config.full().vocab_size
+    levels = []
+    for n in args.rows:
+        logits = torch.randn(n, vocab, device=device, generator=torch.Generator(device=device).manual_seed(n))
+        blocks = time_ms(lambda: select_next_ids(logits, requests(n, device)), device, warmup=2, repeats=7)
+        rows = time_ms(lambda: per_row(logits, requests(n, device)), device, warmup=2, repeats=7)
+        levels.append({"rows": n, "blocks_ms": blocks["median_ms"], "per_row_ms": rows["median_ms"],
+                       "speedup": rows["median_ms"] / blocks["median_ms"]})
+        progress(f"rows={n}: x{levels[-1]['speedup']:.2f}")
+    payload = {"benchmark": "e2e/sampling", "env": environment(device), "vocab": vocab, "levels": levels}
+    out = Path(args.out or REPO / "benchmarks" / "results" / f"sampling_{device.type}.json")
+    write_json(out, payload)
+    print_table([(f"rows={lv['rows']:<3}", f"blocks {lv['blocks_ms']:8.3f} ms | per row {lv['per_row_ms']:8.3f} ms"
+                  f" | x{lv['speedup']:.2f}") for lv in levels])
+    print(f"wrote {out}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""`select_next_ids` (the engine's per-step sampling: rows warped in blocks of equal parameters, draws
+over the top-k ids only): a request draws the same ids whoever shares its step, and the draws follow
+softmax of the warped scores over the whole vocabulary (upstream's pipeline, the reference)."""
+from __future__ import annotations
+
+import torch
+
+from editx.engine.request import Request, _draw, select_next_ids
+from editx.engine.sampling import SamplingParams, apply_temperature, apply_top_k
+
+VOCAB = 1037  # odd, and smaller than the real 74k for speed; the ops are row-wise either way
+
+
+def make_request(i: int, params: SamplingParams, history: int) -> Request:
+    g = torch.Generator().manual_seed(100 + i)
+    prompt = torch.randint(0, VOCAB, (7,), generator=g).tolist()
+    req = Request(id=i, prompt_ids=prompt, params=params, generator=torch.Generator().manual_seed(i),
+                  t2w=None, text="")
+    req.generated = torch.randint(0, VOCAB, (history,), generator=g).tolist()
+    return req
+
+
+def reference_probs(scores: torch.Tensor, temperature: float, top_k: int) -> torch.Tensor:
+    """Upstream's distribution: temperature, top-k (ties kept), softmax over the whole vocabulary."""
+    return torch.softmax(apply_top_k(apply_temperature(scores, temperature), top_k), dim=-1)
+
+
+def test_blocks_of_equal_parameters_draw_what_each_request_draws_alone():
+    mix = [SamplingParams(), SamplingParams(temperature=1.3, top_k=7), SamplingParams(greedy=True),
+           SamplingParams(), SamplingParams(top_k=0), SamplingParams(temperature=1.3, top_k=7), SamplingParams()]
+    for step in range(5):
+        logits = torch.randn(len(mix), VOCAB, generator=torch.Generator().manual_seed(step)) * 3
+        reqs = [make_request(i, p, history=3 * i) for i, p in enumerate(mix)]
+        twins = [make_request(i, p, history=3 * i) for i, p in enumerate(mix)]
+        got = select_next_ids(logits, reqs)
+        want = [select_next_ids(logits[i:i + 1], [twins[i]])[0] for i in range(len(mix))]
+        assert got == want, f"step {step}"
+
+
+def test_the_whole_batch_in_one_block_when_parameters_agree():
+    reqs = [make_request(i, SamplingParams(), history=12) for i in range(6)]
+    twins = [make_request(i, SamplingParams(), history=12) for i in range(6)]
+    logits = torch.randn(6, VOCAB, generator=torch.Generator().manual_seed(9))
+    assert select_next_ids(logits, reqs) == [select_next_ids(logits[i:i + 1], [t])[0] for i, t in enumerate(twins)]
+
+
+def test_draws_over_the_kept_ids_follow_the_full_vocabulary_distribution():
+    """20,000 draws (one generator each) from one row with a tie at the k-th value: only kept ids come
+    out (the tied ones included) and their frequencies match the reference probabilities within 5
+    standard errors (sqrt(p(1-p)/N) <= 0.0036 here): a draw over the wrong support or with the wrong
+    weights is off by far more."""
+    scores = torch.randn(1, 40, generator=torch.Generator().manual_seed(3)) * 2
+    top = scores.topk(6).values[0]
+    scores[0, 35] = top[-1]  # a second id at the 6th value: top_k=6 keeps 7 ids
+    probs = reference_probs(scores, 0.8, 6)[0]
+    n = 20000
+    ids = _draw(scores.expand(n, -1), 0.8, 6, [torch.Generator().manual_seed(s) for s in range(n)])
+    freq = torch.bincount(ids, minlength=40).double() / n
+    assert set(ids.tolist()) == set(torch.nonzero(probs).view(-1).tolist()) and len(set(ids.tolist())) == 7
+    tolerance = 5 * (probs.double() * (1 - probs.double()) / n).sqrt() + 1e-9
+    assert ((freq - probs.double()).abs() <= tolerance).all(), (freq, probs)
+
+
+def test_top_k_off_draws_over_the_whole_vocabulary():
+    scores = torch.randn(1, 30, generator=torch.Generator().manual_seed(4))
+    n = 20000
+    ids = _draw(scores.expand(n, -1), 1.3, 0, [torch.Generator().manual_seed(s) for s in range(n)])
+    probs = reference_probs(scores, 1.3, 0)[0].double()
+    freq = torch.bincount(ids, minlength=30).double() / n
+    assert ((freq - probs).abs() <= 5 * (probs * (1 - probs) / n).sqrt() + 1e-9).all()
+
+
+def test_rows_with_and_without_ties_in_one_block_keep_their_own_supports():
+    plain = torch.randn(1, 40, generator=torch.Generator().manual_seed(5))
+    tied = plain.clone()
+    tied[0, 3] = tied.topk(4).values[0, -1]  # an extra id at the 4th value of this row only
+    n = 4000
+    block = torch.cat([tied.expand(n, -1), plain.expand(n, -1)])
+    ids = _draw(block, 0.7, 4, [torch.Generator().manual_seed(s) for s in range(2 * n)])
+    for row, drawn in ((tied, ids[:n]), (plain, ids[n:])):
+        support = set(torch.nonzero(reference_probs(row, 0.7, 4)[0]).view(-1).tolist())
+        assert set(drawn.tolist()) == support
+    assert len(set(ids[:n].tolist())) == 5 and len(set(ids[n:].tolist())) == 4
