@@ -183,16 +183,16 @@ class Runtime:
         return {**self._streamer.engine.stats(), **pool}
 
     def warmup(self) -> None:
-        """Capture the streaming decoder's CUDA graphs now (every chunk bucket of the DiT slot pool and
-        its single-stream set-up buckets) instead of on first use, where a capture would add to that
-        request's latency. A no-op without a slot pool; on CPU it runs each bucket once."""
-        slots = self.decoder.slots
-        if slots is None:
-            return
+        """Capture the streaming path's CUDA graphs now instead of on first use, where a capture adds
+        to that request's latency: the LLM decode step of every batch bucket and the DiT slot pool's
+        chunk buckets + single-stream set-up buckets. Call it before traffic. Without graphs (CPU) it
+        runs each bucket's static buffers once, or nothing."""
         start = time.perf_counter()
-        n = slots.warmup(self._report)
-        self._report(f"decoder warm-up: {n} buckets in {time.perf_counter() - start:.1f} s "
-                     f"({len(slots.captured)} CUDA graphs)")
+        llm = self._streamer.engine.warmup()
+        slots = self.decoder.slots
+        decoder = 0 if slots is None else slots.warmup(self._report)
+        self._report(f"warm-up: {llm} LLM decode buckets, {decoder} decoder buckets in "
+                     f"{time.perf_counter() - start:.1f} s")
 
     def close(self) -> None:
         """Stop the streaming engine (cancels running streams)."""

@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
                                  overlap_decoder=args.overlap_decoder == "on", stream_chunk_frames=args.chunk_frames)
     progress(f"loaded {args.model} on {rt.config.device}")
     start = time.perf_counter()
-    rt.warmup()  # the DiT slot pool's CUDA graphs (every chunk bucket): not inside a measured level
+    rt.warmup()  # CUDA graphs of every LLM batch bucket and decoder chunk bucket: not inside a measured level
     progress(f"decoder warm-up: {time.perf_counter() - start:.1f} s, {rt.engine_stats()['decoder_graphs']} graphs")
     prompt = Path(args.prompt_audio).read_bytes()
     # Warm-up at full length on both paths: Triton compiles and CUDA-graph captures (one per decode

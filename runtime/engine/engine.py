@@ -97,6 +97,14 @@ class Engine:
         return PagedDecodeGraphs(self.llm, self.cache, -(-cfg.max_model_len // cfg.block_size), cfg.num_blocks,
                                  cfg.max_num_seqs, mode, backend, capture_lock=self._device_lock)
 
+    @torch.inference_mode()
+    def warmup(self) -> int:
+        """Capture the LLM decode graphs of every batch bucket now (see `PagedDecodeGraphs.warmup`);
+        before traffic only. Returns the number of buckets (0 without graphs)."""
+        if self.active():
+            raise EditXError("Engine.warmup: requests are running; warm up before submitting any")
+        return 0 if self.graphs is None else self.graphs.warmup()
+
     # -- submission (any thread) -----------------------------------------------------------
     def submit(self, req: Request) -> int:
         """Queue a request; returns its id. The engine thread starts if it is not running."""

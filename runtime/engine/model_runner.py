@@ -139,6 +139,16 @@ class PagedDecodeGraphs:
         graph.replay()
         return out[:n]
 
+    def warmup(self) -> int:
+        """Run (and on CUDA capture) every batch bucket once before traffic, each padded row on the
+        scratch block only (never handed out), so no request pays a capture. Call it while no engine
+        step runs. Returns the number of buckets."""
+        from .paged_kv import SequenceChunk
+
+        for bucket in self.buckets:
+            self.run([SequenceChunk([0], 0, [self.scratch])] * bucket)
+        return len(self.buckets)
+
     def _make_static(self, bucket: int) -> "_PagedStatic":
         static = _PagedStatic(bucket, self.max_blocks, self.model.device)
         self._static[bucket] = static

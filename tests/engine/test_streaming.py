@@ -200,9 +200,11 @@ def test_static_decode_buffers_give_the_same_tokens(rt, voices):
 
     jobs = [rt._clone_job(v, "A prompt.", t, s, params(rt, 40)) for v, t, s in _jobs(voices)[:3]]
 
-    def run(decode_graphs):
+    def run(decode_graphs, warm=False):
         engine = Engine(rt.components.llm, rt._streamer.sched_config, rt._streamer.logit_bias,
                         decode_graphs=decode_graphs)
+        if warm:  # every bucket first, padded rows on the scratch block: must not change any token
+            assert engine.warmup() == len(engine.graphs.buckets) == len(engine.graphs._static)
         reqs = [rt._streamer.request(job) for job in jobs]
         for r in reqs:
             engine.submit(r)
@@ -217,9 +219,11 @@ def test_static_decode_buffers_give_the_same_tokens(rt, voices):
     eager_ids, _ = run("off")
     assert buckets, "no decode-only step went through the static buffers"
     assert static_ids == eager_ids
-    if DEVICE == "cuda":  # the replayed CUDA graphs themselves
+    assert run("static", warm=True)[0] == eager_ids
+    if DEVICE == "cuda":  # the replayed CUDA graphs themselves, captured lazily and all up front
         graph_ids, graph_buckets = run("cuda")
         assert graph_buckets and graph_ids == eager_ids
+        assert run("cuda", warm=True)[0] == eager_ids
 
 
 @pytest.mark.parametrize("overlap", [False, True], ids=["inline-decoder", "overlapped-decoder"])
@@ -298,7 +302,9 @@ def test_decoder_slot_pool_streams_match_and_slots_come_back(voices, overlap):
     with make_runtime(decoder_slots=0) as plain:
         expected = _sequential(plain, jobs)
     with make_runtime(decoder_slots=2, overlap_decoder=overlap) as rt:
-        assert rt.engine_stats()["free_decoder_slots"] == 2
+        rt.warmup()  # every pool bucket once (captured on CUDA): garbage in free slots is never seen
+        stats = rt.engine_stats()
+        assert stats["free_decoder_slots"] == 2 and stats["decoder_slot_solves"] > 0
         doomed = rt.stream_clone(voices[0], "A prompt.", "Stop me.", seed=9, sampling=params(rt, 400))
         next(doomed)
         doomed.close()
