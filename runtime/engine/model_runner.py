@@ -106,12 +106,14 @@ class PagedDecodeGraphs:
 
     def __init__(self, model, cache, max_blocks: int, scratch_block: int, max_seqs: int, mode: str,
                  attention_backend: str = "auto", buckets: tuple[int, ...] = DEFAULT_BUCKETS,
-                 capture_lock: Optional[threading.Lock] = None) -> None:
+                 capture_lock: Optional[threading.Lock] = None,
+                 vocab_ranges: Optional[list[tuple[int, int]]] = None) -> None:
         if mode not in ("static", "cuda"):
             raise InvalidInputError(f"PagedDecodeGraphs: mode {mode!r}; use 'static' or 'cuda'")
         if mode == "cuda" and model.device.type != "cuda":
             raise InvalidInputError("PagedDecodeGraphs: CUDA graphs need the model on a CUDA device")
         self.model, self.cache, self.mode, self.backend = model, cache, mode, attention_backend
+        self.vocab_ranges = vocab_ranges  # logits outside them come out -inf (Step1Model.logits_for_ranges)
         self.max_blocks, self.scratch = max_blocks, scratch_block
         self.buckets = tuple(b for b in buckets if b < max_seqs) + (max_seqs,)
         self._static: dict[int, "_PagedStatic"] = {}
@@ -134,7 +136,7 @@ class PagedDecodeGraphs:
         static = self._static.get(bucket) or self._make_static(bucket)
         static.load(chunks, self.cache.block_size, self.scratch)
         if self.mode == "static":
-            return self.model.forward_paged(static.batch, self.cache, self.backend)[:n]
+            return self.model.forward_paged(static.batch, self.cache, self.backend, self.vocab_ranges)[:n]
         graph, out = self._graphs.get(bucket) or self._capture(bucket, static)
         graph.replay()
         return out[:n]
@@ -157,7 +159,7 @@ class PagedDecodeGraphs:
     def _capture(self, bucket: int, static: "_PagedStatic"):
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-        step = lambda: self.model.forward_paged(static.batch, self.cache, self.backend)  # noqa: E731
+        step = lambda: self.model.forward_paged(static.batch, self.cache, self.backend, self.vocab_ranges)  # noqa: E731
         with self._capture_lock:
             self._graphs[bucket] = capture_graph(step, self.model.device, self._pool)
         return self._graphs[bucket]

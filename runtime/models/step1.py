@@ -23,7 +23,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -452,12 +452,14 @@ class Step1Model(nn.Module):
         return self._logits(self.model.norm(h), logits_at)
 
     # -- continuous-batching path ----------------------------------------------------------
-    def forward_paged(self, batch, cache, attention_backend: str = "auto") -> torch.Tensor:
+    def forward_paged(self, batch, cache, attention_backend: str = "auto",
+                      vocab_ranges: Sequence[tuple[int, int]] | None = None) -> torch.Tensor:
         """Run one packed step (prefill chunks and decode tokens of many sequences) over a paged pool.
 
         batch: `editx.engine.paged_kv.PagedBatch` (N new tokens of S sequences); cache: `PagedKVCache`
         (`.k`/`.v` [L, num_blocks, block_size, G, D], written in place). Returns the logits of each
-        sequence's last new token, [S, V] in the model dtype.
+        sequence's last new token, [S, V] in the model dtype. vocab_ranges: [start, end) id ranges
+        whose logits are needed (the rest come out -inf; see `logits_for_ranges`), None = all.
         """
         if batch.input_ids.dim() != 1:
             raise InvalidInputError(f"batch.input_ids: expected [N], got {tuple(batch.input_ids.shape)}")
@@ -465,7 +467,18 @@ class Step1Model(nn.Module):
         h = self.model.embed_tokens(batch.input_ids.to(self.device))  # [N, C]
         for i, layer in enumerate(self.model.layers):
             h = layer.forward_paged(h, cache.k[i], cache.v[i], batch, slopes, attention_backend)
-        return self.lm_head(self.model.norm(h[batch.logits_indices]))
+        hidden = self.model.norm(h[batch.logits_indices])  # [S, C]
+        return self.lm_head(hidden) if vocab_ranges is None else self.logits_for_ranges(hidden, vocab_ranges)
+
+    def logits_for_ranges(self, hidden: torch.Tensor, ranges: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """hidden [S, C] → [S, V] logits computed only for the ids in `ranges` ([start, end) each), -inf
+        elsewhere. With audio-only sampling 5,121 of 74,752 rows of the LM head are ever used: its
+        other 93% (0.43 GB of bf16 weights read per decode step, ~6% of the whole model) are skipped."""
+        out = hidden.new_full((hidden.shape[0], self.config.vocab_size), float("-inf"))
+        weight = self.lm_head.weight
+        for start, end in ranges:
+            out[:, start:end] = F.linear(hidden, weight[start:end])
+        return out
 
     # -- reference path ------------------------------------------------------------------
     def forward_reference(self, input_ids: torch.Tensor) -> torch.Tensor:

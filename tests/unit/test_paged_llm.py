@@ -82,3 +82,25 @@ def test_copy_blocks(model):
     cache.k[:, 1] = 1.0
     cache.copy_blocks([(1, 3)])
     assert torch.equal(cache.k[:, 3], cache.k[:, 1])
+
+
+def test_logits_for_allowed_ranges_equal_the_full_head_there_and_are_minus_inf_elsewhere(model):
+    """The engine's audio-only LM head: only the ids a logit bias allows are computed."""
+    from editx.engine.generate import allowed_ranges, audio_logit_bias
+
+    vocab = model.config.vocab_size
+    first, count = vocab // 2 + 1, vocab // 3  # odd offsets: not a power-of-two slice
+    bias = audio_logit_bias(vocab, 3, first_audio_id=first, num_audio_ids=count)
+    ranges = allowed_ranges(bias)
+    assert ranges == [(3, 4), (first, first + count)]
+    hidden = torch.randn(5, model.config.hidden_size, generator=torch.Generator().manual_seed(0)).to(model.dtype)
+    got = model.logits_for_ranges(hidden, ranges)
+    full = model.lm_head(hidden)
+    allowed = torch.isfinite(bias)
+    # fp32: same dot products, possibly another GEMM blocking for the smaller row count
+    torch.testing.assert_close(got[:, allowed], full[:, allowed], rtol=1e-5, atol=1e-5)
+    assert torch.isneginf(got[:, ~allowed]).all()
+    assert allowed_ranges(torch.zeros(vocab)) == [(0, vocab)]
+    many = torch.full((40,), float("-inf"))
+    many[::2] = 0.0  # 20 runs: not worth ranges
+    assert allowed_ranges(many) is None and allowed_ranges(torch.full((9,), float("-inf"))) is None
