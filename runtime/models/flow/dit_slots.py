@@ -31,12 +31,12 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ...errors import InvalidInputError
 from ..cuda_graph import capture_graph
-from .cfm import CausalConditionalCFM, EstimatorStreamCache, _euler
-from .dit import DiT, DiTAttention
+from .cfm import CausalConditionalCFM, EstimatorStreamCache
+from .dit import DiT
+from .dit_pool import SlotIO, solve_on_pool
 
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16)
 log = logging.getLogger("editx")
@@ -135,17 +135,6 @@ class SlotRow:
     conv: Optional[torch.Tensor]
 
 
-@dataclass
-class _SlotIO:
-    """Index tensors of one solve: rows `[2B]` (pool row per batch row), write `[2B·W]` (flat pool
-    frame per batch row and frame), mask `[2B, 1, 1, F]` (True = attend), n_valid `[2B]`."""
-
-    rows: torch.Tensor
-    write: torch.Tensor
-    mask: torch.Tensor
-    n_valid: torch.Tensor
-
-
 class _Static:
     """The input/output buffers of one (batch bucket, width bucket) solve; graphs read them in place."""
 
@@ -158,7 +147,7 @@ class _Static:
         self.x0 = torch.zeros(batch, channels, width, device=dev, dtype=torch.float32)
         self.spks = torch.zeros(batch, channels, device=dev, dtype=dt)
         self.conv = torch.zeros(slots.n_steps, cfg.depth, 2 * batch, 2, cfg.hidden_size, 2, device=dev, dtype=dt)
-        self.io = _SlotIO(rows=torch.zeros(2 * batch, dtype=torch.long, device=dev),
+        self.io = SlotIO(rows=torch.zeros(2 * batch, dtype=torch.long, device=dev),
                           write=torch.zeros(2 * batch * width, dtype=torch.long, device=dev),
                           mask=torch.zeros(2 * batch, 1, 1, slots.frames, dtype=torch.bool, device=dev),
                           n_valid=torch.full((2 * batch,), width, dtype=torch.long, device=dev))
@@ -401,55 +390,3 @@ def _host_io(slots: DiTSlots, batch: int, width: int, rows: Sequence[SlotRow]) -
             mask[r, seen] = True
     return {"rows": row_ids, "write": write.reshape(-1), "mask": mask.reshape(total, 1, 1, frames),
             "n_valid": n_valid}
-
-
-# -- the solve over the pool (static shapes; no host syncs, so it can be graphed) ---------
-def solve_on_pool(cfm: CausalConditionalCFM, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
-                  x0: torch.Tensor, n_timesteps: int, pool_k: torch.Tensor, pool_v: torch.Tensor, io: _SlotIO,
-                  conv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`cfm.solve_chunk` with the caches in the pool: mu, cond, x0 `[B, 80, W]`, spks `[B, 80]`,
-    pool_k/v `[n_steps, depth, rows, F, H, hd]`, conv `[n_steps, depth, 2B, 2, C, 2]` →
-    (x `[B, 80, W]` float32, new conv caches `[n_steps, depth, 2B, 2, C, 2]`)."""
-    batch = mu.shape[0]
-    mu_in, spks_in, cond_in = cfm._cfg_inputs(mu, spks, cond)
-    convs: list[torch.Tensor] = []
-
-    def velocity(x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
-        v, step_conv = _dit_on_pool(cfm.estimator, torch.cat([x, x], dim=0), mu_in, t.expand(2 * batch), spks_in,
-                                    cond_in, pool_k[step], pool_v[step], io, conv[step])
-        convs.append(step_conv)
-        return cfm._guided(v, batch)
-
-    x = _euler(x0.float(), n_timesteps, velocity)
-    return x, torch.stack(convs)
-
-
-def _dit_on_pool(dit: DiT, x, mu, t, spks, cond, k_step: torch.Tensor, v_step: torch.Tensor, io: _SlotIO,
-                 conv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`DiT.forward_chunk` with attention over the pool rows (k_step/v_step `[depth, rows, F, H, hd]`)."""
-    h, c = dit._inputs(x, mu, t, spks, cond)
-    convs = []
-    for i, block in enumerate(dit.blocks):
-        attend = partial(_attention_on_pool, block.attn, k_step[i], v_step[i], io)
-        h, block_conv = block.forward_with(h, c, attend, conv[i], io.n_valid)
-        convs.append(block_conv)
-    return dit.final_layer(h, c).transpose(1, 2), torch.stack(convs)
-
-
-def _attention_on_pool(attn: DiTAttention, pool_k: torch.Tensor, pool_v: torch.Tensor, io: _SlotIO,
-                       y: torch.Tensor) -> torch.Tensor:
-    """y `[2B, W, D]`: write this call's normalised keys and values into the pool rows
-    (pool_k/v `[rows, F, H, hd]`), then attend over each batch row's pool row through its mask."""
-    b, t, _ = y.shape
-    h, d = attn.n_heads, attn.head_dim
-    heads = (b, t, h, d)
-    q = F.layer_norm(attn.to_q(y).view(heads), (d,), attn.q_norm.weight, attn.q_norm.bias, attn.q_norm.eps)
-    k = F.layer_norm(attn.to_k(y).view(heads), (d,), attn.k_norm.weight, attn.k_norm.bias, attn.k_norm.eps)
-    v = attn.to_v(y).view(heads)
-    pool_k.view(-1, h * d).index_copy_(0, io.write, k.reshape(b * t, h * d))
-    pool_v.view(-1, h * d).index_copy_(0, io.write, v.reshape(b * t, h * d))
-    keys = pool_k.index_select(0, io.rows).transpose(1, 2)  # [2B, H, F, hd]
-    values = pool_v.index_select(0, io.rows).transpose(1, 2)
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), keys, values, attn_mask=io.mask)  # [2B, H, W, hd]
-    return attn.proj(out.transpose(1, 2).reshape(b, t, h * d))
-
