@@ -76,7 +76,7 @@ step engine_tests 200 "engine tests on $DEVICE" env EDITX_TEST_DEVICE="$DEVICE" 
     tests/unit/test_model_runner.py tests/unit/test_dit_slots.py
 # The DiT slot pool: set-up + first chunk and steady chunks, packed (eager) vs slots (CUDA graphs).
 step decoder_slots 90 "decoder slot pool benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_decoder_slots.py \
-    --model "$MODEL" --device "$DEVICE" --streams ${SLOT_STREAMS:-1 4 8} --out "$OUT/.parts/decoder/decoder_slots.json"
+    --model "$MODEL" --device "$DEVICE" --streams ${SLOT_STREAMS:-1 4 16} --out "$OUT/.parts/decoder/decoder_slots.json"
 step stream 200 "streaming benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py --model "$MODEL" \
     --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16 64} \
     --prompt-audio "$PROMPT" --out "$OUT/stream.json"

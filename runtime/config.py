@@ -120,8 +120,8 @@ class RuntimeConfig:
             DiT slot pool (one capture per batch x width bucket); eager otherwise.
         decoder_slots: streams whose streaming DiT caches live in a preallocated slot pool (static
             shapes, so their ODE solves replay from CUDA graphs); more streams at once, longer
-            prompts or exported DiT graphs use packed caches (eager). None (auto): on CUDA 8, fewer
-            if 8 would take more than a quarter of the free device memory; 0 elsewhere (on CPU the pool
+            prompts or exported DiT graphs use packed caches (eager). None (auto): on CUDA 16, fewer
+            if 16 would take more than 30% of the free device memory; 0 elsewhere (on CPU the pool
             only adds copies). Memory: 1.31 MB per frame per stream with the real shapes in fp32,
             frames = decoder_slot_prompt_frames + 96 + 204: 1.05 GB per stream (+1 scratch stream).
         decoder_slot_prompt_frames: prompt mel frames one slot holds (50 per second of prompt audio).

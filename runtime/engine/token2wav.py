@@ -261,8 +261,11 @@ class Token2WavStream:
         return draws
 
 
-AUTO_DECODER_SLOTS = 8  # streams with slots by default on CUDA (chunk batches of up to 8 graphed)
-AUTO_SLOT_MEMORY_SHARE = 0.25  # ... as long as the pool takes at most this share of free device memory
+# Streams with slots by default on CUDA: 16, so a 16-stream chunk round is one graph replay (a round
+# that mixes pooled and packed streams also runs an eager packed solve, ~250 ms on an H200) ...
+AUTO_DECODER_SLOTS = 16
+AUTO_SLOT_MEMORY_SHARE = 0.30  # ... as long as the pool takes at most this share of free device memory
+# (an 80 GB card with the bf16 LLM and a 4 GiB KV pool loaded has ~65 GB free: 16 x 1.05 GB fits)
 
 
 def decoder_slots(flow: FlowModel, config) -> Optional[DiTSlots]:

@@ -141,7 +141,7 @@ def test_stream_chunk_frames_must_be_multiples_of_three(bad):
 def test_decoder_slot_sizes_are_checked(name, bad):
     with pytest.raises(InvalidInputError, match=name):
         RuntimeConfig(**{name: bad})
-    assert RuntimeConfig().decoder_slots is None  # auto: 8 on CUDA (memory permitting), none on CPU
+    assert RuntimeConfig().decoder_slots is None  # auto: 16 on CUDA (memory permitting), none on CPU
 
 
 def test_failed_request_leaves_runtime_intact(rt, sampling, prompt_wav):
