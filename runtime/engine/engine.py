@@ -34,7 +34,7 @@ from .decoder_worker import DecoderTask, DecoderWorker, run_tasks
 from .generate import allowed_ranges
 from .model_runner import PagedDecodeGraphs
 from .paged_kv import PagedBatch, PagedKVCache, SequenceChunk
-from .request import CANCELLED, FAILED, FINISHED, Request, select_next_ids
+from .request import CANCELLED, FAILED, FINISHED, Request, SampledVocab, select_next_ids
 from .scheduler import FinishReason, SchedulerConfig, make_scheduler
 
 log = logging.getLogger("editx")
@@ -70,8 +70,10 @@ class Engine:
         # One extra block past the scheduler's pool: the scratch block padded graph rows write into.
         self.cache = PagedKVCache.for_model(llm, sched_config.num_blocks + 1, sched_config.block_size)
         self.logit_bias = logit_bias
-        # Only the logits the bias allows are computed (audio-only: 5,121 of 74,752 LM-head rows).
-        self.vocab_ranges = None if logit_bias is None else allowed_ranges(logit_bias)
+        # Only the logits the bias allows are computed and sampled (audio-only: 5,121 of 74,752 ids).
+        ranges = None if logit_bias is None else allowed_ranges(logit_bias)
+        self.vocab = None if ranges is None else SampledVocab.from_bias(logit_bias, ranges)
+        self.vocab_ranges = None if self.vocab is None else self.vocab.ranges
         self.graphs = self._decode_graphs(decode_graphs, attention_backend)
         _LIVE_ENGINES.add(self)
         self.batch_decoder = batch_decoder
@@ -240,7 +242,8 @@ class Engine:
         if not sample_rows:
             return
         reqs = [self._requests[int(plan.scheduled_req_ids[i])] for i in sample_rows]
-        next_ids = select_next_ids(logits[sample_rows], reqs, self.logit_bias)
+        rows = logits if len(sample_rows) == len(logits) else logits[sample_rows]  # no copy on decode-only steps
+        next_ids = select_next_ids(rows, reqs, self.logit_bias, self.vocab)
         self.scheduler.append_batch([r.id for r in reqs], next_ids)
         for req, tok in zip(reqs, next_ids):
             if not req.generated:

@@ -68,23 +68,44 @@ class Request:
         return len(self.prompt_ids) + len(self.generated)
 
 
+@dataclass(frozen=True)
+class SampledVocab:
+    """The ids the engine may sample (where the audio-only logit bias is finite: 5,121 of 74,752),
+    as contiguous `ranges`: the LM head computes only these columns (`Step1Model.logits_for_ranges`)
+    and sampling runs over them. ids `[n]`: vocabulary id of each column; column_of `[V]`: each id's
+    column, -1 for the rest."""
+
+    ranges: tuple[tuple[int, int], ...]
+    ids: torch.Tensor
+    column_of: torch.Tensor
+
+    @classmethod
+    def from_bias(cls, bias: torch.Tensor, ranges: Sequence[tuple[int, int]]) -> "SampledVocab":
+        ids = torch.cat([torch.arange(a, b) for a, b in ranges])
+        column_of = torch.full((bias.shape[0],), -1, dtype=torch.long)
+        column_of[ids] = torch.arange(ids.numel())
+        return cls(tuple(ranges), ids.to(bias.device), column_of.to(bias.device))
+
+
 def select_next_ids(logits: torch.Tensor, requests: Sequence[Request],
-                    logit_bias: Optional[torch.Tensor] = None) -> list[int]:
-    """Next id for each request from its row of `logits` [S, V] (fp32 or model dtype).
+                    logit_bias: Optional[torch.Tensor] = None, vocab: Optional[SampledVocab] = None) -> list[int]:
+    """Next id for each request from its row of `logits` [S, V] (fp32 or model dtype), or [S, n]
+    logits of `vocab`'s columns only (then no bias is needed: every other id is excluded).
 
     Same math as `sampling.Sampler`, with rows assembled per step from each request's own
     history, parameters and generator (requests of one step may differ in all three).
     """
     scores = logits.float()
-    if logit_bias is not None:
+    if logit_bias is not None and vocab is None:
         scores = scores + logit_bias
+    column_of = None if vocab is None else vocab.column_of
     windows = {r.params.repetition_window for r in requests}
     thresholds = {r.params.repetition_threshold for r in requests}
     if len(windows) == 1 and len(thresholds) == 1:
-        scores = _ban_repeats(scores, requests, windows.pop(), thresholds.pop())
+        scores = _ban_repeats(scores, requests, windows.pop(), thresholds.pop(), column_of)
     else:  # rare: per-request processor settings differ; apply row by row
         scores = torch.cat([_ban_repeats(scores[i:i + 1], [r], r.params.repetition_window,
-                                         r.params.repetition_threshold) for i, r in enumerate(requests)])
+                                         r.params.repetition_threshold, column_of) for i, r in enumerate(requests)])
     # Rows sharing (greedy, temperature, top_k) — usually all of them — are warped as one block: the
     # same scalar ops per row as one row at a time (row-independent), in ~6 launches instead of ~6 per
     # row (at 64 streams that was ~400 small launches per step). Each draw still uses its request's
@@ -96,6 +117,8 @@ def select_next_ids(logits: torch.Tensor, requests: Sequence[Request],
             out[rows] = block.argmax(dim=-1)
             continue
         out[rows] = _draw(block, temperature, top_k, [requests[i].generator for i in rows])
+    if vocab is not None:
+        out = vocab.ids[out]  # columns → vocabulary ids
     return out.to(device="cpu").tolist()
 
 
@@ -136,8 +159,9 @@ def _param_groups(requests: Sequence[Request]) -> dict[tuple[bool, float, int], 
     return groups
 
 
-def _ban_repeats(scores: torch.Tensor, requests: Sequence[Request], window: int, threshold: float) -> torch.Tensor:
+def _ban_repeats(scores: torch.Tensor, requests: Sequence[Request], window: int, threshold: float,
+                 column_of: Optional[torch.Tensor] = None) -> torch.Tensor:
     rows = [[-1] * (window - len(t)) + t for t in (r.history_tail(window) for r in requests)]
     recent = torch.tensor(rows, dtype=torch.long, device=scores.device)
     seen = torch.tensor([r.seen() for r in requests], dtype=torch.long, device=scores.device)
-    return RepetitionAwareProcessor(window, threshold).apply(recent, seen, scores)
+    return RepetitionAwareProcessor(window, threshold).apply(recent, seen, scores, column_of)

@@ -103,13 +103,20 @@ class RepetitionAwareProcessor:
         seen = torch.full((input_ids.shape[0],), input_ids.shape[1], device=scores.device, dtype=torch.long)
         return self.apply(recent, seen, scores)
 
-    def apply(self, recent: torch.Tensor, seen: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """recent: [B, W] last W ids per row (oldest first); seen: [B] ids seen per row; scores [B, V]."""
+    def apply(self, recent: torch.Tensor, seen: torch.Tensor, scores: torch.Tensor,
+              column_of: torch.Tensor | None = None) -> torch.Tensor:
+        """recent: [B, W] last W ids per row (oldest first); seen: [B] ids seen per row; scores [B, V],
+        or [B, n] columns of a vocabulary subset with column_of [V] = each id's column (-1: absent,
+        so never banned: its score does not exist)."""
         last = recent[:, -1:]  # [B, 1]
         counts = (recent == last).sum(dim=1)  # [B]
         last = last.clamp(min=0)  # an empty history's -1 filler (never banned) must stay a valid index
         # Same comparison as upstream (fp32 ratio vs threshold): ≥ 2 of 10 for the defaults.
         banned = (counts.float() / self.window > self.threshold) & (seen >= self.window)
+        if column_of is not None:
+            last = column_of[last]
+            banned &= last[:, 0] >= 0
+            last = last.clamp(min=0)
         current = scores.gather(1, last)
         return scores.scatter(1, last, torch.where(banned[:, None], torch.full_like(current, float("-inf")), current))
 

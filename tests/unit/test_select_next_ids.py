@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from editx.engine.request import Request, _draw, select_next_ids
+from editx.engine.generate import allowed_ranges, audio_logit_bias
+from editx.engine.request import Request, SampledVocab, _draw, select_next_ids
 from editx.engine.sampling import SamplingParams, apply_temperature, apply_top_k
 
 VOCAB = 1037  # odd, and smaller than the real 74k for speed; the ops are row-wise either way
@@ -81,3 +82,22 @@ def test_rows_with_and_without_ties_in_one_block_keep_their_own_supports():
         support = set(torch.nonzero(reference_probs(row, 0.7, 4)[0]).view(-1).tolist())
         assert set(drawn.tolist()) == support
     assert len(set(ids[:n].tolist())) == 5 and len(set(ids[n:].tolist())) == 4
+
+
+def test_compact_vocabulary_columns_draw_the_ids_the_full_biased_logits_draw():
+    """The engine's audio-only path: logits of the allowed ids only ([S, n], `SampledVocab`) give the
+    ids the full logits + bias give (random scores have no ties, so even the draws coincide); the
+    repetition ban maps the last id to its column, and an id outside the subset is never banned."""
+    bias = audio_logit_bias(VOCAB, 3, first_audio_id=501, num_audio_ids=333)
+    vocab = SampledVocab.from_bias(bias, allowed_ranges(bias))
+    assert vocab.ids.tolist() == [3] + list(range(501, 834)) and int(vocab.column_of[501]) == 1
+    params = [SamplingParams(), SamplingParams(greedy=True), SamplingParams(temperature=1.1, top_k=9)]
+    for step in range(4):
+        logits = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(20 + step)) * 3
+        full, compact = ([make_request(i, p, history=4 * step) for i, p in enumerate(params)] for _ in range(2))
+        for r, t in zip(full, compact):  # a repeated allowed id at the end: the ban must hit its column
+            r.generated = t.generated = r.generated[:2] + [600] * 3
+        want = select_next_ids(logits, full, bias)
+        got = select_next_ids(logits[:, vocab.ids], compact, bias, vocab)
+        assert got == want and all(i in vocab.ids.tolist() for i in got), f"step {step}"
+        assert 600 not in got
