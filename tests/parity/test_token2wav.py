@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from editx.engine.token2wav import Token2Wav, VoiceConditioning
+from editx.models.flow.dit_slots import DiTSlots
 from editx.models.flow import load_flow
 from editx.models.hift import load_hift
 from fixture_sets import assert_matches, cases_where, named
@@ -59,10 +60,26 @@ def _split_draws(case):
     return provide
 
 
+def with_slot_pool(decoder: Token2Wav, case) -> Token2Wav:
+    """The same decoder with a DiT slot pool (static-shape solves; CUDA graphs on a GPU) sized for the
+    case's prompt: a second decoder object, the models are shared."""
+    cfg = decoder.flow.cfg
+    pooled = Token2Wav(decoder.flow, decoder.hift, decoder.noise, decoder.n_timesteps)
+    # a slot bigger than any prompt mel the case can have (≤ token_mel_ratio mel frames per stored id)
+    prompt_frames = cfg.token_mel_ratio * int(case.input("prompt_token").numel()) + 16
+    pooled.slots = DiTSlots(decoder.flow.decoder, decoder.n_timesteps, 1, prompt_frames, cfg.stream_att_left_context,
+                            cfg.token_mel_ratio * (max(cfg.chunk_sizes) + cfg.encoder.pre_lookahead_len),
+                            chunk_widths=[cfg.token_mel_ratio * c for c in cfg.chunk_sizes])
+    return pooled
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["packed-caches", "dit-slot-pool"])
 @pytest.mark.parametrize("case", cases_where(named("token2wav_stream")))
-def test_token2wav_stream(case):
+def test_token2wav_stream(case, pool):
     assert case.params.get("feed", "one mixed id per call") == "one mixed id per call"
     decoder = decoder_for(case)
+    if pool:
+        decoder = with_slot_pool(decoder, case)
     cfg = decoder.flow.cfg
     assert list(case.params.get("chunk_size_list", cfg.chunk_sizes)) == list(cfg.chunk_sizes)
     assert int(case.params.get("mel_cache_len", cfg.mel_cache_len)) == cfg.mel_cache_len
@@ -84,6 +101,8 @@ def test_token2wav_stream(case):
     sources = torch.cat([s for _, s in stream.trace], dim=2)
     assert_matches(sources, case.output("hift_sources"), case.tolerance("hift_sources"), f"{case.id} sources")
     assert_matches(torch.cat(chunks)[None], case.output("audio"), case.tolerance("audio"), f"{case.id} audio")
+    if pool:  # the stream really ran in the pool, and gave its slot back at the end
+        assert decoder.slots.solves > 0 and decoder.slots.free_slots == 1
 
 
 @pytest.mark.parametrize("case", cases_where(named("token2wav_stream")))
