@@ -96,6 +96,7 @@ class RuntimeConfig:
         audio_only_logits: mask LLM logits to the 5,120 audio ids + EOS before sampling.
             Upstream does not mask (spec §4.6) and would crash on a non-audio id; masking
             keeps every request decodable and changes nothing while the model emits audio ids.
+            The streaming engine then computes and samples only those 5,121 logits (LM head rows).
         onnx_provider: 'auto' (CUDA EP when the device is CUDA and onnxruntime has it, else CPU,
             logged once), 'cpu', or 'cuda' (error if unavailable).
         resampler: prompt-audio resampling: 'sinc' (torchaudio-exact, matches upstream's features)
