@@ -19,7 +19,7 @@
 # everything printed), kernels.json (all kernel benchmarks), offline.json, stream.json + .svg
 # (decoder worker on, the default), stream_inline.json (decoder items inside the engine step, same
 # run: the overlap's effect), decoder.json (decoder_slots: packed caches vs the DiT slot pool with
-# CUDA graphs; profile_decoder: where a chunk's time goes; decoder_batch: batched vs per-stream chunks;
+# CUDA graphs; profile_decoder(_slots): where a chunk's time goes, packed caches / the slot pool; decoder_batch: batched vs per-stream chunks;
 # sampling: the engine's per-step sampling, blocks vs rows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -86,6 +86,8 @@ step stream_inline 100 "streaming benchmark, decoder inside the engine step: $MO
     --prompt-audio "$PROMPT" --overlap-decoder off --no-plot --out "$OUT/stream_inline.json"
 step profile 40 "decoder profile: $MODEL on $DEVICE" $PY benchmarks/e2e/profile_decoder.py --model "$MODEL" \
     --device "$DEVICE" --out "$OUT/.parts/decoder/profile_decoder.json"
+step profile 40 "decoder profile with the DiT slot pool: $MODEL on $DEVICE" $PY benchmarks/e2e/profile_decoder.py \
+    --model "$MODEL" --device "$DEVICE" --slots on --out "$OUT/.parts/decoder/profile_decoder_slots.json"
 step offline 80 "offline benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_offline.py --model "$MODEL" \
     --device "$DEVICE" --tokens "$TOKENS" --prompt-audio "$PROMPT" --out "$OUT/offline.json"
 step sampling 30 "engine sampling benchmark on $DEVICE" $PY benchmarks/e2e/bench_sampling.py --device "$DEVICE" \

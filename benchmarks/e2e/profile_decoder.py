@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_decoder_batch import NOISE_FRAMES, make_voices, random_ids  # noqa: E402
+from bench_decoder_slots import make_pool  # noqa: E402
 from common import environment, print_table, progress, sync, write_json  # noqa: E402
 
 from editx.config import RuntimeConfig  # noqa: E402
@@ -42,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt-ids", type=int, default=150, help="prompt mixed ids (~3.6 s of prompt audio)")
     p.add_argument("--chunks", type=int, default=3, help="profiled 48-frame chunks")
     p.add_argument("--top", type=int, default=25, help="operators listed")
+    p.add_argument("--slots", choices=["off", "on"], default="off",
+                   help="on: DiT caches in a slot pool (static shapes; its solves replay CUDA graphs on a GPU)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
 
@@ -66,6 +69,8 @@ def main(argv=None) -> dict:
                                                                 decoder_dtype=getattr(torch, args.decoder_dtype)))
     noise = torch.randn(1, flow.cfg.output_size, NOISE_FRAMES, generator=torch.Generator().manual_seed(0))
     decoder = Token2Wav(flow, hift, noise.to(device), flow.cfg.n_timesteps)
+    if args.slots == "on":
+        decoder.slots = make_pool(flow, flow.cfg.n_timesteps, 2, 500, "cuda" if device.type == "cuda" else "static")
     progress(f"loaded the {args.model} decoder on {device}")
     gen = torch.Generator().manual_seed(0)
     voice_a, voice_b = make_voices(2, "uniform", args.prompt_ids, gen)
@@ -77,8 +82,12 @@ def main(argv=None) -> dict:
     sync(device)
 
     labelled(token2wav, "setup_stream", "flow.setup")  # the whole set-up (its encoder + DiT solve nest inside)
+    labelled(token2wav, "setup_stream_batch", "flow.setup")  # (the set-up's form with a slot pool)
     labelled(flow.encoder, "forward_chunk", "flow.encoder")
+    labelled(flow.encoder, "forward_chunk_ragged", "flow.encoder")
     labelled(flow.decoder, "solve_chunk", "flow.dit_solve")
+    if decoder.slots is not None:
+        labelled(decoder.slots, "solve", "flow.dit_solve")
     labelled(hift, "vocode_chunk", "hift.vocode")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     fresh = decoder.stream(voice_b, generator=torch.Generator().manual_seed(2))
@@ -102,11 +111,11 @@ def main(argv=None) -> dict:
     ops = sorted((e for e in events if e.key not in STAGES), key=self_ms, reverse=True)[: args.top]
     top = [{"op": e.key, "calls": e.count, "self_ms": self_ms(e)} for e in ops]
     payload = {"benchmark": "e2e/profile_decoder", "model": args.model, "env": environment(device),
-               "decoder_dtype": args.decoder_dtype, "prompt_ids": args.prompt_ids,
+               "decoder_dtype": args.decoder_dtype, "prompt_ids": args.prompt_ids, "slots": args.slots,
                "profiled": {"setups": 1, "chunks_48_frames": args.chunks},
                "time": "device (CUDA kernels)" if on_device else "CPU", "stages": stages, "top_ops": top}
     out = Path(args.out or REPO / "benchmarks" / "results" /
-               f"profile_decoder_{device.type}_{args.model.replace(':', '_')}.json")
+               f"profile_decoder_{device.type}_{args.model.replace(':', '_')}{'_slots' if args.slots == 'on' else ''}.json")
     write_json(out, payload)
     print_table([(name, f"{s['total_ms']:9.2f} ms in {s['calls']} calls") for name, s in stages.items()]
                 + [(t["op"][:60], f"{t['self_ms']:9.2f} ms self, {t['calls']} calls") for t in top])

@@ -39,11 +39,13 @@ def test_stream_benchmark_writes_levels_and_the_ttfa_split(tmp_path):
     assert dev["audio_incl_nsf_noise"]["lengths"][0] == dev["audio_incl_nsf_noise"]["lengths"][1] > 0
 
 
-def test_decoder_profile_names_every_stage(tmp_path):
+@pytest.mark.parametrize("slots", ["off", "on"])
+def test_decoder_profile_names_every_stage(tmp_path, slots):
     out = tmp_path / "profile.json"
-    run("profile_decoder.py", "--chunks", "1", "--out", str(out))
+    run("profile_decoder.py", "--chunks", "1", "--slots", slots, "--out", str(out))
     payload = json.loads(out.read_text())
     assert set(payload["stages"]) == {"flow.setup", "flow.encoder", "flow.dit_solve", "hift.vocode"}
+    assert payload["stages"]["flow.setup"]["calls"] == 1 and payload["stages"]["flow.dit_solve"]["calls"] >= 2
     assert payload["top_ops"] and all(op["self_ms"] >= 0 for op in payload["top_ops"])
 
 
