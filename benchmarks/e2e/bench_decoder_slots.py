@@ -87,7 +87,7 @@ def measure(decoder: Token2Wav, pool, voices, feeds, n_fixed: int) -> tuple[dict
     result = {"setup_ms": times[0], "first_chunk_ms": times[1], "first_audio_decoder_ms": times[0] + times[1],
               "steady_chunk_round_ms": statistics.median(steady), "first_pass_s": first_pass}
     if pool is not None:
-        result["graphs"] = len(pool.captured)
+        result["graphs"], result["graph_error"] = len(pool.captured), pool.graph_error  # None: graphs worked
         assert pool.free_slots == pool.streams, "a stream kept its slot after close()"
     return result, mels
 
