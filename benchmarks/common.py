@@ -88,6 +88,14 @@ def print_table(rows: list[tuple[str, str]]) -> None:
         print(f"{k:<{width}}  {v}")
 
 
+def finish(out: str | Path, payload: dict, rows: list[tuple[str, str]]) -> dict:
+    """A benchmark's ending: write `payload` as JSON to `out`, print the summary `rows`, say where."""
+    write_json(out, payload)
+    print_table(rows)
+    print(f"wrote {out}")
+    return payload
+
+
 def write_svg_plot(path: str | Path, x_label: str, series: dict[str, list[tuple[float, float]]],
                    title: str = "", width: int = 640, height: int = 400) -> Path:
     """A dependency-free line plot (log2 x axis, linear y) of `series` name -> [(x, y)], as SVG."""

@@ -175,7 +175,8 @@ class Runtime:
         """Scheduler / engine counters (blocks, queue lengths, prefix hits, TTFA misses, underruns),
         and the DiT slot pool's (slots, free slots, CUDA graphs captured)."""
         slots = self.decoder.slots
-        pool = {"decoder_slots": 0, "free_decoder_slots": 0, "decoder_slot_solves": 0, "decoder_graphs": 0}
+        pool = {"decoder_slots": 0, "free_decoder_slots": 0, "decoder_slot_solves": 0, "decoder_graphs": 0,
+                "decoder_graph_error": None}
         if slots is not None:
             pool = {"decoder_slots": slots.streams, "free_decoder_slots": slots.free_slots,
                     "decoder_slot_solves": slots.solves, "decoder_graphs": len(slots.captured),

@@ -192,12 +192,9 @@ class RuntimeConfig:
             if getattr(self, name) < 1:
                 raise InvalidInputError(f"{name}: {getattr(self, name)} must be >= 1")
         _check_range("ttfa_target_s", self.ttfa_target_s, 1e-3, 60.0)
-        for name, lo in (("decoder_slots", 0), ("decoder_slot_prompt_frames", 1)):
-            value = getattr(self, name)
-            if name == "decoder_slots" and value is None:  # auto: sized when the pool is built
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= 4096:
-                raise InvalidInputError(f"{name}: expected an int in [{lo}, 4096], got {value!r}")
+        if self.decoder_slots is not None:  # None = auto: sized when the pool is built
+            _check_int("decoder_slots", self.decoder_slots, 0, 4096)
+        _check_int("decoder_slot_prompt_frames", self.decoder_slot_prompt_frames, 1, 4096)
         if self.voice_cache_bytes < 0:
             raise InvalidInputError(f"voice_cache_bytes: {self.voice_cache_bytes} must be >= 0")
         if self.stream_chunk_frames is not None:
@@ -232,6 +229,11 @@ def _chunk_frames(value) -> tuple[int, ...]:
         raise InvalidInputError(f"stream_chunk_frames: each chunk must be a multiple of 3 token frames in "
                                 f"[3, 3000], got {value!r}")
     return frames
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidInputError(f"{name}: expected an int in [{lo}, {hi}], got {value!r}")
 
 
 def _check_range(name: str, value: float, lo: float, hi: float) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import environment, print_table, progress, sync, write_json  # noqa: E402
+from common import environment, finish, progress, sync  # noqa: E402
 
 from editx.config import RuntimeConfig  # noqa: E402
 from editx.engine.token2wav import Token2Wav, Token2WavStream, VoiceConditioning, decode_batch  # noqa: E402
@@ -162,16 +162,13 @@ def main(argv=None) -> dict:
                "chunk_frames": flow.cfg.chunk_sizes[-1], "levels": levels}
     out = Path(args.out or REPO / "benchmarks" / "results" /
                f"decoder_batch_{device.type}_{args.model.replace(':', '_')}.json")
-    write_json(out, payload)
-    print_table([(f"{lv['layout']:<7} k={lv['streams']:<3}",
+    return finish(out, payload, [(f"{lv['layout']:<7} k={lv['streams']:<3}",
                   f"sequential {lv['sequential']['ms_per_chunk']:8.1f} ms/chunk "
                   f"{lv['sequential']['ms_per_audio_s']:8.1f} ms/audio s | batched "
                   f"{lv['batched']['ms_per_chunk']:8.1f} ms/chunk {lv['batched']['ms_per_audio_s']:8.1f} ms/audio s"
                   f" | x{lv['speedup']:.2f}  max rel diff mel {lv['max_rel_diff_mel']:.1e} "
                   f"audio {lv['max_rel_diff_audio']:.1e}")
                  for lv in levels])
-    print(f"wrote {out}")
-    return payload
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decoder_batch import add_decoder_arguments, load_decoder, make_voices, random_ids  # noqa: E402
-from common import environment, print_table, progress, sync, write_json  # noqa: E402
+from common import environment, finish, progress, sync  # noqa: E402
 
 from editx.engine.token2wav import Token2Wav, decode_batch  # noqa: E402
 from editx.models.flow import mixed_len  # noqa: E402
@@ -40,13 +40,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt-frames", type=int, default=500, help="prompt mel frames one slot holds")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
-
-
-def make_pool(flow, n_steps: int, streams: int, prompt_frames: int, mode: str) -> DiTSlots:
-    cfg = flow.cfg
-    widest = cfg.token_mel_ratio * (max(cfg.chunk_sizes) + cfg.encoder.pre_lookahead_len)
-    return DiTSlots(flow.decoder, n_steps, streams, prompt_frames, cfg.stream_att_left_context, widest, mode=mode,
-                    chunk_widths=[cfg.token_mel_ratio * c for c in cfg.chunk_sizes])
 
 
 def feeds_for(decoder: Token2Wav, k: int, rounds: int, seed: int) -> list[list[list[int]]]:
@@ -106,10 +99,10 @@ def main(argv=None) -> dict:
     decoder = load_decoder(args)
     flow, n_steps = decoder.flow, decoder.n_timesteps
     top = max(args.streams)
-    pools = {"packed": None, "slots": make_pool(flow, n_steps, top, args.prompt_frames,
+    pools = {"packed": None, "slots": DiTSlots.for_flow(flow, n_steps, top, args.prompt_frames,
                                                 "cuda" if device.type == "cuda" else "static")}
     if device.type == "cuda":
-        pools["slots-eager"] = make_pool(flow, n_steps, top, args.prompt_frames, "static")
+        pools["slots-eager"] = DiTSlots.for_flow(flow, n_steps, top, args.prompt_frames, "static")
     progress(f"loaded the {args.model} decoder on {device}; pools of {top} streams: "
              f"{pools['slots'].nbytes / 2**30:.2f} GiB each")
     n_fixed = 1 + len(flow.cfg.chunk_sizes)  # set-up + one chunk of each size before the steady ones
@@ -137,16 +130,13 @@ def main(argv=None) -> dict:
                "slot_prompt_frames": args.prompt_frames, "levels": levels}
     out = Path(args.out or REPO / "benchmarks" / "results" /
                f"decoder_slots_{device.type}_{args.model.replace(':', '_')}.json")
-    write_json(out, payload)
-    print_table([(f"k={lv['streams']:<3} {mode:<11}",
+    return finish(out, payload, [(f"k={lv['streams']:<3} {mode:<11}",
                   f"set-up {lv[mode]['setup_ms']:8.1f} ms  first chunk {lv[mode]['first_chunk_ms']:8.1f} ms  "
                   f"steady round {lv[mode]['steady_chunk_round_ms']:8.1f} ms  "
                   f"x{lv[mode]['first_audio_speedup_vs_packed']:.2f} first audio  "
                   f"x{lv[mode]['steady_speedup_vs_packed']:.2f} steady"
                   + (f"  mel diff {lv[mode]['max_rel_diff_mel_vs_packed']:.1e}" if mode != "packed" else ""))
                  for lv in levels for mode in pools])
-    print(f"wrote {out}")
-    return payload
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import environment, print_table, progress, time_ms, write_json  # noqa: E402
+from common import environment, finish, progress, time_ms  # noqa: E402
 
-from editx.engine.generate import allowed_ranges, audio_logit_bias  # noqa: E402
-from editx.engine.request import Request, SampledVocab, _ban_repeats, select_next_ids  # noqa: E402
-from editx.engine.sampling import SamplingParams, apply_temperature, apply_top_k  # noqa: E402
+from editx.engine.generate import audio_logit_bias  # noqa: E402
+from editx.engine.request import Request, _ban_repeats, select_next_ids  # noqa: E402
+from editx.engine.sampling import SampledVocab, SamplingParams, apply_temperature, apply_top_k  # noqa: E402
 from editx.models.step1 import Step1Config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,7 +60,7 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     size = Step1Config.full().vocab_size
     bias = audio_logit_bias(size, 3, device)
-    vocab = SampledVocab.from_bias(bias, allowed_ranges(bias))
+    vocab = SampledVocab.from_bias(bias)
     levels = []
     for n in args.rows:
         logits = torch.randn(n, size, device=device, generator=torch.Generator(device=device).manual_seed(n))
@@ -75,12 +75,10 @@ def main(argv=None) -> dict:
     payload = {"benchmark": "e2e/sampling", "env": environment(device), "vocab": size,
                "compact_columns": int(vocab.ids.numel()), "levels": levels}
     out = Path(args.out or REPO / "benchmarks" / "results" / f"sampling_{device.type}.json")
-    write_json(out, payload)
-    print_table([(f"rows={lv['rows']:<3}", f"blocks {lv['blocks_ms']:8.3f} ms | compact {lv['compact_ms']:8.3f} ms"
-                  f" | per row {lv['per_row_ms']:8.3f} ms | x{lv['speedup']:.2f} / x{lv['compact_speedup']:.2f}")
-                 for lv in levels])
-    print(f"wrote {out}")
-    return payload
+    table = [(f"rows={lv['rows']:<3}", f"blocks {lv['blocks_ms']:8.3f} ms | compact {lv['compact_ms']:8.3f} ms"
+              f" | per row {lv['per_row_ms']:8.3f} ms | x{lv['speedup']:.2f} / x{lv['compact_speedup']:.2f}")
+             for lv in levels]
+    return finish(out, payload, table)
 
 
 if __name__ == "__main__":

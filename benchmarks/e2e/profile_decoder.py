@@ -22,14 +22,14 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_decoder_batch import NOISE_FRAMES, make_voices, random_ids  # noqa: E402
-from bench_decoder_slots import make_pool  # noqa: E402
-from common import environment, print_table, progress, sync, write_json  # noqa: E402
+from common import environment, finish, progress, sync  # noqa: E402
 
 from editx.config import RuntimeConfig  # noqa: E402
 from editx.engine import token2wav  # noqa: E402
 from editx.engine.token2wav import Token2Wav  # noqa: E402
 from editx.loading.components import load_stage_models  # noqa: E402
 from editx.models.flow import mixed_len  # noqa: E402
+from editx.models.flow.dit_slots import DiTSlots  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ("flow.setup", "flow.encoder", "flow.dit_solve", "hift.vocode")
@@ -70,7 +70,8 @@ def main(argv=None) -> dict:
     noise = torch.randn(1, flow.cfg.output_size, NOISE_FRAMES, generator=torch.Generator().manual_seed(0))
     decoder = Token2Wav(flow, hift, noise.to(device), flow.cfg.n_timesteps)
     if args.slots == "on":
-        decoder.slots = make_pool(flow, flow.cfg.n_timesteps, 2, 500, "cuda" if device.type == "cuda" else "static")
+        mode = "cuda" if device.type == "cuda" else "static"
+        decoder.slots = DiTSlots.for_flow(flow, flow.cfg.n_timesteps, 2, 500, mode)
     progress(f"loaded the {args.model} decoder on {device}")
     gen = torch.Generator().manual_seed(0)
     voice_a, voice_b = make_voices(2, "uniform", args.prompt_ids, gen)
@@ -115,12 +116,10 @@ def main(argv=None) -> dict:
                "profiled": {"setups": 1, "chunks_48_frames": args.chunks},
                "time": "device (CUDA kernels)" if on_device else "CPU", "stages": stages, "top_ops": top}
     out = Path(args.out or REPO / "benchmarks" / "results" /
-               f"profile_decoder_{device.type}_{args.model.replace(':', '_')}{'_slots' if args.slots == 'on' else ''}.json")
-    write_json(out, payload)
-    print_table([(name, f"{s['total_ms']:9.2f} ms in {s['calls']} calls") for name, s in stages.items()]
+               f"profile_decoder_{device.type}_{args.model.replace(':', '_')}"
+               f"{'_slots' if args.slots == 'on' else ''}.json")
+    return finish(out, payload, [(name, f"{s['total_ms']:9.2f} ms in {s['calls']} calls") for name, s in stages.items()]
                 + [(t["op"][:60], f"{t['self_ms']:9.2f} ms self, {t['calls']} calls") for t in top])
-    print(f"wrote {out}")
-    return payload
 
 
 if __name__ == "__main__":

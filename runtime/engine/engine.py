@@ -31,10 +31,10 @@ from ..types import AudioChunk
 from ..layers.attention import alibi_uses_triton
 from ..models.interleave import llm_ids_to_mixed
 from .decoder_worker import DecoderTask, DecoderWorker, run_tasks
-from .generate import allowed_ranges
 from .model_runner import PagedDecodeGraphs
 from .paged_kv import PagedBatch, PagedKVCache, SequenceChunk
-from .request import CANCELLED, FAILED, FINISHED, Request, SampledVocab, select_next_ids
+from .request import CANCELLED, FAILED, FINISHED, Request, select_next_ids
+from .sampling import SampledVocab
 from .scheduler import FinishReason, SchedulerConfig, make_scheduler
 
 log = logging.getLogger("editx")
@@ -71,9 +71,7 @@ class Engine:
         self.cache = PagedKVCache.for_model(llm, sched_config.num_blocks + 1, sched_config.block_size)
         self.logit_bias = logit_bias
         # Only the logits the bias allows are computed and sampled (audio-only: 5,121 of 74,752 ids).
-        ranges = None if logit_bias is None else allowed_ranges(logit_bias)
-        self.vocab = None if ranges is None else SampledVocab.from_bias(logit_bias, ranges)
-        self.vocab_ranges = None if self.vocab is None else self.vocab.ranges
+        self.vocab = None if logit_bias is None else SampledVocab.from_bias(logit_bias)
         self.graphs = self._decode_graphs(decode_graphs, attention_backend)
         _LIVE_ENGINES.add(self)
         self.batch_decoder = batch_decoder
@@ -101,7 +99,11 @@ class Engine:
         cfg = self.config
         return PagedDecodeGraphs(self.llm, self.cache, -(-cfg.max_model_len // cfg.block_size), cfg.num_blocks,
                                  cfg.max_num_seqs, mode, backend, capture_lock=self._device_lock,
-                                 vocab_ranges=self.vocab_ranges)
+                                 vocab_ranges=self._vocab_ranges)
+
+    @property
+    def _vocab_ranges(self):
+        return None if self.vocab is None else self.vocab.ranges
 
     @torch.inference_mode()
     def warmup(self) -> int:
@@ -238,7 +240,7 @@ class Engine:
             logits = self.graphs.run(chunks)  # decode-only step: static buffers / CUDA graph replay
         else:
             batch = PagedBatch.build(chunks, self.cache.block_size, self.llm.device)
-            logits = self.llm.forward_paged(batch, self.cache, self.attention_backend, self.vocab_ranges)
+            logits = self.llm.forward_paged(batch, self.cache, self.attention_backend, self._vocab_ranges)
         if not sample_rows:
             return
         reqs = [self._requests[int(plan.scheduled_req_ids[i])] for i in sample_rows]

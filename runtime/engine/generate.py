@@ -239,20 +239,6 @@ def audio_logit_bias(vocab_size: int, stop_id: int, device: torch.device | str =
     return bias
 
 
-def allowed_ranges(bias: torch.Tensor, max_ranges: int = 8) -> list[tuple[int, int]] | None:
-    """The [start, end) id runs where a logit bias `[V]` is finite (the ids that can ever be sampled),
-    or None when there are more than `max_ranges` runs (then computing every logit is simpler)."""
-    finite = torch.isfinite(bias.detach().cpu()).tolist()
-    runs, start = [], None
-    for i, ok in enumerate(finite + [False]):
-        if ok and start is None:
-            start = i
-        elif not ok and start is not None:
-            runs.append((start, i))
-            start = None
-    return runs if 0 < len(runs) <= max_ranges else None
-
-
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 

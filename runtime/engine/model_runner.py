@@ -113,7 +113,7 @@ class PagedDecodeGraphs:
         if mode == "cuda" and model.device.type != "cuda":
             raise InvalidInputError("PagedDecodeGraphs: CUDA graphs need the model on a CUDA device")
         self.model, self.cache, self.mode, self.backend = model, cache, mode, attention_backend
-        self.vocab_ranges = vocab_ranges  # logits outside them come out -inf (Step1Model.logits_for_ranges)
+        self.vocab_ranges = vocab_ranges  # only those ids' logits: [B, n] (Step1Model.logits_for_ranges)
         self.max_blocks, self.scratch = max_blocks, scratch_block
         self.buckets = tuple(b for b in buckets if b < max_seqs) + (max_seqs,)
         self._static: dict[int, "_PagedStatic"] = {}

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .sampling import RepetitionAwareProcessor, SamplingParams, apply_temperature
+from .sampling import RepetitionAwareProcessor, SampledVocab, SamplingParams, apply_temperature, sample_rows
 from .token2wav import Token2WavStream
 
 # Terminal states; a request ends in exactly one of them.
@@ -68,25 +68,6 @@ class Request:
         return len(self.prompt_ids) + len(self.generated)
 
 
-@dataclass(frozen=True)
-class SampledVocab:
-    """The ids the engine may sample (where the audio-only logit bias is finite: 5,121 of 74,752),
-    as contiguous `ranges`: the LM head computes only these columns (`Step1Model.logits_for_ranges`)
-    and sampling runs over them. ids `[n]`: vocabulary id of each column; column_of `[V]`: each id's
-    column, -1 for the rest."""
-
-    ranges: tuple[tuple[int, int], ...]
-    ids: torch.Tensor
-    column_of: torch.Tensor
-
-    @classmethod
-    def from_bias(cls, bias: torch.Tensor, ranges: Sequence[tuple[int, int]]) -> "SampledVocab":
-        ids = torch.cat([torch.arange(a, b) for a, b in ranges])
-        column_of = torch.full((bias.shape[0],), -1, dtype=torch.long)
-        column_of[ids] = torch.arange(ids.numel())
-        return cls(tuple(ranges), ids.to(bias.device), column_of.to(bias.device))
-
-
 def select_next_ids(logits: torch.Tensor, requests: Sequence[Request],
                     logit_bias: Optional[torch.Tensor] = None, vocab: Optional[SampledVocab] = None) -> list[int]:
     """Next id for each request from its row of `logits` [S, V] (fp32 or model dtype), or [S, n]
@@ -130,13 +111,12 @@ def _draw(scores: torch.Tensor, temperature: float, top_k: int,
     Only the kept ids have nonzero probability, so the draw runs over them: the same distribution as a
     draw over the whole vocabulary, from ~50 entries instead of 74,752. Dividing by the temperature
     does not change which ids are kept, so only the kept values are divided. Per step that is 2 passes
-    over the vocabulary instead of ~7 (CPU, 64 rows: 225 → 45 ms a step, bench_sampling.py). Upstream draws over
-    the whole vocabulary; its draws are not reproducible across devices anyway, and the parity fixtures
-    fix the scores before the draw, not the draw.
+    over the vocabulary instead of ~7 per row (`python benchmarks/e2e/bench_sampling.py`, CPU, 64 rows:
+    181 ms row by row, 39 ms in blocks). Upstream draws over the whole vocabulary; its draws are not
+    reproducible across devices anyway, and the parity fixtures fix the scores before the draw, not the draw.
     """
     if top_k <= 0:
-        probs = torch.softmax(apply_temperature(scores, temperature), dim=-1)
-        return torch.cat([torch.multinomial(probs[j:j + 1], 1, generator=g) for j, g in enumerate(generators)]).view(-1)
+        return sample_rows(apply_temperature(scores, temperature), generators)
     k = min(top_k, scores.shape[-1])
     values, ids = torch.topk(scores, k, dim=-1)  # [G, k] descending
     kth = values[:, -1:]
@@ -144,8 +124,7 @@ def _draw(scores: torch.Tensor, temperature: float, top_k: int,
     if kept > k:
         values, ids = torch.topk(scores, kept, dim=-1)
         values = values.masked_fill(values < kth, float("-inf"))  # rows with fewer ties
-    probs = torch.softmax(apply_temperature(values, temperature), dim=-1)
-    picks = torch.cat([torch.multinomial(probs[j:j + 1], 1, generator=g) for j, g in enumerate(generators)])
+    picks = sample_rows(apply_temperature(values, temperature), generators)  # [G] positions in `values`
     return ids.gather(1, picks.view(-1, 1)).view(-1)
 
 

@@ -121,6 +121,43 @@ class RepetitionAwareProcessor:
         return scores.scatter(1, last, torch.where(banned[:, None], torch.full_like(current, float("-inf")), current))
 
 
+def allowed_ranges(bias: torch.Tensor, max_ranges: int = 8) -> list[tuple[int, int]] | None:
+    """The [start, end) id runs where a logit bias `[V]` is finite (the ids that can ever be sampled),
+    or None when there are more than `max_ranges` runs (then computing every logit is simpler)."""
+    finite = torch.isfinite(bias.detach().cpu()).tolist()
+    runs, start = [], None
+    for i, ok in enumerate(finite + [False]):
+        if ok and start is None:
+            start = i
+        elif not ok and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs if 0 < len(runs) <= max_ranges else None
+
+
+@dataclass(frozen=True)
+class SampledVocab:
+    """The ids the engine may sample (where the audio-only logit bias is finite: 5,121 of 74,752),
+    as contiguous `ranges`: the LM head computes only these columns (`Step1Model.logits_for_ranges`)
+    and sampling runs over them. ids `[n]`: vocabulary id of each column; column_of `[V]`: each id's
+    column, -1 for the rest."""
+
+    ranges: tuple[tuple[int, int], ...]
+    ids: torch.Tensor
+    column_of: torch.Tensor
+
+    @classmethod
+    def from_bias(cls, bias: torch.Tensor) -> "SampledVocab | None":
+        """The subset a logit bias `[V]` allows, or None when it is not a few contiguous runs."""
+        ranges = allowed_ranges(bias)
+        if ranges is None:
+            return None
+        ids = torch.cat([torch.arange(a, b) for a, b in ranges])
+        column_of = torch.full((bias.shape[0],), -1, dtype=torch.long)
+        column_of[ids] = torch.arange(ids.numel())
+        return cls(tuple(ranges), ids.to(bias.device), column_of.to(bias.device))
+
+
 class RecentIds:
     """Per-row ring of the last W ids (device tensors; no host sync to update).
 

@@ -276,28 +276,21 @@ def decoder_slots(flow: FlowModel, config) -> Optional[DiTSlots]:
     if not isinstance(flow.decoder.estimator, DiT):
         log.info("decoder_slots: the DiT runs as an exported graph; streams keep packed caches")
         return None
-    cfg = flow.cfg
-    # mel frames of the widest flush: a buffer one id short of the next chunk + lookahead
-    widest = cfg.token_mel_ratio * (max(cfg.chunk_sizes) + cfg.encoder.pre_lookahead_len)
-    frames = config.decoder_slot_prompt_frames + cfg.stream_att_left_context + 2 * widest
     streams = config.decoder_slots
     if streams is None:
-        streams = _auto_slot_streams(flow, config.n_timesteps, frames)
+        streams = _auto_slot_streams(flow, config.n_timesteps, config.decoder_slot_prompt_frames)
         if streams == 0:
             return None
     mode = "cuda" if flow.device.type == "cuda" and config.cuda_graphs else "static"
-    slots = DiTSlots(flow.decoder, config.n_timesteps, streams, config.decoder_slot_prompt_frames,
-                     cfg.stream_att_left_context, widest, mode=mode,
-                     chunk_widths=[cfg.token_mel_ratio * c for c in cfg.chunk_sizes])
+    slots = DiTSlots.for_flow(flow, config.n_timesteps, streams, config.decoder_slot_prompt_frames, mode)
     log.info("decoder slot pool: %d streams x %d frames, %.2f GiB (%s)", slots.streams, slots.frames,
              slots.nbytes / 2**30, mode)
     return slots
 
 
-def _auto_slot_streams(flow: FlowModel, n_timesteps: int, frames: int) -> int:
+def _auto_slot_streams(flow: FlowModel, n_timesteps: int, prompt_frames: int) -> int:
     """AUTO_DECODER_SLOTS, or as many as fit in AUTO_SLOT_MEMORY_SHARE of the free device memory."""
-    dit = flow.cfg.dit
-    per_stream = 2 * 2 * n_timesteps * dit.depth * frames * dit.num_heads * dit.head_dim * flow.dtype.itemsize
+    per_stream = DiTSlots.stream_bytes(flow, n_timesteps, prompt_frames)
     free, _ = torch.cuda.mem_get_info(flow.device)
     streams = min(AUTO_DECODER_SLOTS, int(AUTO_SLOT_MEMORY_SHARE * free / per_stream) - 1)  # -1: scratch slot
     if streams < AUTO_DECODER_SLOTS:

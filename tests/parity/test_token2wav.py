@@ -67,9 +67,7 @@ def with_slot_pool(decoder: Token2Wav, case) -> Token2Wav:
     pooled = Token2Wav(decoder.flow, decoder.hift, decoder.noise, decoder.n_timesteps)
     # a slot bigger than any prompt mel the case can have (≤ token_mel_ratio mel frames per stored id)
     prompt_frames = cfg.token_mel_ratio * int(case.input("prompt_token").numel()) + 16
-    pooled.slots = DiTSlots(decoder.flow.decoder, decoder.n_timesteps, 1, prompt_frames, cfg.stream_att_left_context,
-                            cfg.token_mel_ratio * (max(cfg.chunk_sizes) + cfg.encoder.pre_lookahead_len),
-                            chunk_widths=[cfg.token_mel_ratio * c for c in cfg.chunk_sizes])
+    pooled.slots = DiTSlots.for_flow(decoder.flow, decoder.n_timesteps, 1, prompt_frames)
     return pooled
 
 

@@ -148,16 +148,16 @@ def test_solve_rejects_bad_rows():
     lease = slots.acquire(1)[0]
     mu = torch.zeros(1, 80, 10)
     spks = torch.zeros(1, 80)
-    ok = SlotRow(lease, ring=True, head=0, n_valid=10, visible=(), conv=None)
+    ok = SlotRow(lease, ring=True, head=0, n_valid=10, prompt=0, ring_frames=(), conv=None)
     lease.release()
     with pytest.raises(InvalidInputError, match="released"):
         slots.solve(mu, spks, mu, mu, [ok])
     lease = slots.acquire(1)[0]
     with pytest.raises(InvalidInputError, match="n_valid"):
-        slots.solve(mu, spks, mu, mu, [SlotRow(lease, True, 0, 11, (), None)])
+        slots.solve(mu, spks, mu, mu, [SlotRow(lease, True, 0, 11, 0, (), None)])
     wide = torch.zeros(1, 80, MAX_CHUNK + 1)
     with pytest.raises(InvalidInputError, match="do not fit"):
-        slots.solve(wide, spks, wide, wide, [SlotRow(lease, True, 0, MAX_CHUNK + 1, (), None)])
+        slots.solve(wide, spks, wide, wide, [SlotRow(lease, True, 0, MAX_CHUNK + 1, 0, (), None)])
     with pytest.raises(InvalidInputError, match="streams"):
         DiTSlots(flow.decoder, N_STEPS, 0, 10, LEFT, MAX_CHUNK)
 
@@ -169,9 +169,7 @@ def test_token2wav_streams_with_slots_match_and_free_their_slots(batched):
     flow, hift = tiny_flow(), tiny_hift()
     plain = make_decoder(flow, hift, N_STEPS)
     pooled = make_decoder(flow, hift, N_STEPS)
-    cfg = flow.cfg
-    pooled.slots = DiTSlots(flow.decoder, N_STEPS, 3, 200, cfg.stream_att_left_context,
-                            2 * (max(cfg.chunk_sizes) + cfg.encoder.pre_lookahead_len), mode="static")
+    pooled.slots = DiTSlots.for_flow(flow, N_STEPS, 3, 200)
     voices = [make_voice(20 + 5 * b, b) for b in range(3)]
     ids = [mixed_ids(170 + 35 * b, 50 + b) for b in range(3)]
     ref = [plain.stream(v, generator=torch.Generator().manual_seed(b)) for b, v in enumerate(voices)]
@@ -204,6 +202,11 @@ def test_warmup_runs_every_chunk_bucket_and_frees_its_slots():
     chunk_buckets = len(slots.batch_buckets) * len(slots.chunk_widths)
     setup_buckets = len([w for w in slots.widths if w <= slots.prompt_capacity])
     assert runs == chunk_buckets + setup_buckets == slots.solves
+    # Worked out from make_slots' sizes, not from the pool: chunks run at the widest chunk (102) in batch
+    # buckets 1, 2, 3; set-ups at widths 24, 48, ..., 144 (width_step 24), 102 and 160 (the capacity).
+    assert runs == 3 + 8
+    setup_widths = (24, 48, 72, 96, 102, 120, 144, 160)
+    assert set(slots._static) == {(b, 102) for b in (1, 2, 3)} | {(1, w) for w in setup_widths}
     assert slots.free_slots == 3 and slots.batch_buckets == (1, 2, 3)
 
 
@@ -212,12 +215,13 @@ def test_auto_slot_count_fits_a_share_of_free_device_memory(monkeypatch):
     from editx.engine import token2wav
 
     flow = tiny_flow()
-    frames = 700
-    dit = flow.cfg.dit
+    cfg, prompt = flow.cfg, 400
+    frames = prompt + cfg.stream_att_left_context + 2 * 2 * (max(cfg.chunk_sizes) + cfg.encoder.pre_lookahead_len)
+    dit = cfg.dit
     per_stream = 2 * 2 * N_STEPS * dit.depth * frames * dit.num_heads * dit.head_dim * 4  # fp32 K and V, CFG rows
     for free, want in ((10**12, 16), (per_stream * 3.5 / 0.3, 2), (per_stream / 0.3, 0)):
         monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device, f=free: (int(f), int(2 * f)))
-        assert token2wav._auto_slot_streams(flow, N_STEPS, frames) == want
+        assert token2wav._auto_slot_streams(flow, N_STEPS, prompt) == want
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

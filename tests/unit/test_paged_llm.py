@@ -86,7 +86,8 @@ def test_copy_blocks(model):
 
 def test_logits_for_allowed_ranges_equal_the_full_head_on_those_ids(model):
     """The engine's audio-only LM head: only the ids a logit bias allows are computed."""
-    from editx.engine.generate import allowed_ranges, audio_logit_bias
+    from editx.engine.generate import audio_logit_bias
+    from editx.engine.sampling import allowed_ranges
 
     vocab = model.config.vocab_size
     first, count = vocab // 2 + 1, vocab // 3  # odd offsets: not a power-of-two slice

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from editx.engine.generate import allowed_ranges, audio_logit_bias
-from editx.engine.request import Request, SampledVocab, _draw, select_next_ids
-from editx.engine.sampling import SamplingParams, apply_temperature, apply_top_k
+from editx.engine.generate import audio_logit_bias
+from editx.engine.request import Request, _draw, select_next_ids
+from editx.engine.sampling import SampledVocab, SamplingParams, apply_temperature, apply_top_k
 
 VOCAB = 1037  # odd, and smaller than the real 74k for speed; the ops are row-wise either way
 
@@ -89,7 +89,7 @@ def test_compact_vocabulary_columns_draw_the_ids_the_full_biased_logits_draw():
     ids the full logits + bias give (random scores have no ties, so even the draws coincide); the
     repetition ban maps the last id to its column, and an id outside the subset is never banned."""
     bias = audio_logit_bias(VOCAB, 3, first_audio_id=501, num_audio_ids=333)
-    vocab = SampledVocab.from_bias(bias, allowed_ranges(bias))
+    vocab = SampledVocab.from_bias(bias)
     assert vocab.ids.tolist() == [3] + list(range(501, 834)) and int(vocab.column_of[501]) == 1
     params = [SamplingParams(), SamplingParams(greedy=True), SamplingParams(temperature=1.1, top_k=9)]
     for step in range(4):

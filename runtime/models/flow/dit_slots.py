@@ -124,14 +124,16 @@ class SlotCache:
 @dataclass(frozen=True)
 class SlotRow:
     """One stream's part of a solve: its lease; `ring` (a chunk: frame j goes to ring offset
-    head + j) or not (the set-up: frame j goes to prompt frame j); n_valid frames of this call;
-    `visible` = pool frames of its cache; conv `[n_steps, depth, 2, 2, C, 2]` or None (zeros)."""
+    head + j) or not (the set-up: frame j goes to prompt frame j); n_valid frames of this call; the
+    cache it attends to: prompt frames [0, prompt) and the pool frames `ring_frames`; conv
+    `[n_steps, depth, 2, 2, C, 2]` or None (zeros)."""
 
     lease: SlotLease
     ring: bool
     head: int
     n_valid: int
-    visible: tuple[int, ...]
+    prompt: int
+    ring_frames: tuple[int, ...]
     conv: Optional[torch.Tensor]
 
 
@@ -209,6 +211,22 @@ class DiTSlots:
         self._last_stream = None  # CUDA stream of the latest solve
         self.solves = 0  # solves run over the pool (set-ups + chunk batches), for stats
         self.graph_error: Optional[str] = None  # why CUDA graphs were given up, if they were
+
+    @classmethod
+    def for_flow(cls, flow, n_timesteps: int, streams: int, prompt_capacity: int, mode: str = "static") -> "DiTSlots":
+        """A pool sized for a `FlowModel`'s streaming scheme: its left context, its widest chunk (a
+        flush: one id short of the largest chunk + lookahead) and its chunk widths as buckets."""
+        left_context, widest, chunk_widths = _flow_geometry(flow.cfg)
+        return cls(flow.decoder, n_timesteps, streams, prompt_capacity, left_context, widest, mode=mode,
+                   chunk_widths=chunk_widths)
+
+    @staticmethod
+    def stream_bytes(flow, n_timesteps: int, prompt_capacity: int) -> int:
+        """Bytes one stream's slot takes in a `for_flow` pool (K and V, conditional + unconditional rows)."""
+        left_context, widest, _ = _flow_geometry(flow.cfg)
+        dit = flow.cfg.dit
+        frames = prompt_capacity + left_context + 2 * widest  # prompt region + ring, as __init__ lays it out
+        return 2 * 2 * n_timesteps * dit.depth * frames * dit.num_heads * dit.head_dim * flow.dtype.itemsize
 
     # -- slots -------------------------------------------------------------------------
     @property
@@ -296,7 +314,7 @@ class DiTSlots:
                 continue
             try:
                 zeros = torch.zeros(batch, self.dit.cfg.out_channels, width, device=self.device)
-                rows = [SlotRow(lease, ring, 0, width, (), None) for lease in leases]
+                rows = [SlotRow(lease, ring, 0, width, 0, (), None) for lease in leases]
                 self.solve(zeros, zeros[:, :, 0], zeros, zeros, rows)
                 done += 1
             finally:
@@ -365,6 +383,12 @@ class DiTSlots:
         return entry
 
 
+def _flow_geometry(cfg) -> tuple[int, int, list[int]]:
+    """(left context, widest chunk, chunk widths) in mel frames of a flow config's streaming scheme."""
+    widest = cfg.token_mel_ratio * (max(cfg.chunk_sizes) + cfg.encoder.pre_lookahead_len)
+    return cfg.stream_att_left_context, widest, [cfg.token_mel_ratio * c for c in cfg.chunk_sizes]
+
+
 def _host_io(slots: DiTSlots, batch: int, width: int, rows: Sequence[SlotRow]) -> dict[str, np.ndarray]:
     """Row indices, flat write targets, key masks and valid lengths of a padded batch (host arrays)."""
     frames, total = slots.frames, 2 * batch
@@ -377,16 +401,17 @@ def _host_io(slots: DiTSlots, batch: int, width: int, rows: Sequence[SlotRow]) -
     for b in range(batch):
         row = rows[b] if b < len(rows) else None
         if row is None:  # batch padding: scratch rows write and read their own first `width` frames
-            pool_rows, targets, seen, valid = (2 * scratch, 2 * scratch + 1), j, j, width
+            pool_rows, targets, seen, prompt, valid = (2 * scratch, 2 * scratch + 1), j, j, 0, width
         else:
             pool_rows = row.lease.rows
             targets = slots.prompt_capacity + (row.head + j) % slots.ring if row.ring else j
-            seen = np.concatenate([targets[:row.n_valid], np.asarray(row.visible, np.int64)])
-            valid = row.n_valid
+            seen = np.concatenate([targets[:row.n_valid], np.asarray(row.ring_frames, np.int64)])
+            prompt, valid = row.prompt, row.n_valid
         for half, pool_row in enumerate(pool_rows):  # [conditional rows; unconditional rows]
             r = half * batch + b
             row_ids[r], n_valid[r] = pool_row, valid
             write[r] = pool_row * frames + targets
+            mask[r, :prompt] = True
             mask[r, seen] = True
     return {"rows": row_ids, "write": write.reshape(-1), "mask": mask.reshape(total, 1, 1, frames),
             "n_valid": n_valid}

@@ -31,11 +31,12 @@ from .tokens import check_pair_ids, mixed_len
 
 @dataclass(frozen=True)
 class FlowStreamState:
-    """Per-request streaming state (tensors are never written in place; share freely).
+    """Per-request streaming state (its packed tensors are never written in place).
 
     spks `[1, 80]` projected x-vector; encoder / estimator caches (the estimator's either packed
-    tensors or a `SlotCache` in a `DiTSlots` pool); prompt_frames = prompt mel frames (kept at the end of the DiT cache when it is truncated); n_timesteps of the ODE;
-    left_context = newest DiT-cache frames kept besides the prompt.
+    tensors or a `SlotCache` in a `DiTSlots` pool, whose slot is written in place: such a state seeds
+    one continuation); prompt_frames = prompt mel frames (kept at the end of the DiT cache when it is
+    truncated); n_timesteps of the ODE; left_context = newest DiT-cache frames kept besides the prompt.
     """
 
     spks: torch.Tensor
@@ -277,7 +278,8 @@ def inference_chunk_batch(
 def _slot_setups(slots: DiTSlots, leases, mu: torch.Tensor, spks: torch.Tensor, cond: torch.Tensor,
                  x0: torch.Tensor, n_mel: Sequence[int]) -> list[SlotCache]:
     """Run B set-ups in the pool slots `leases` (released again if the solve fails)."""
-    rows = [SlotRow(lease, ring=False, head=0, n_valid=n, visible=(), conv=None) for lease, n in zip(leases, n_mel)]
+    rows = [SlotRow(lease, ring=False, head=0, n_valid=n, prompt=0, ring_frames=(), conv=None)
+            for lease, n in zip(leases, n_mel)]
     try:
         _, convs = slots.solve(mu, spks, cond, x0, rows)
     except BaseException:
@@ -291,8 +293,8 @@ def _slot_chunks(mu: torch.Tensor, spks: torch.Tensor, x0: torch.Tensor, n_mel: 
                  states: Sequence[FlowStreamState]) -> tuple[torch.Tensor, list[SlotCache]]:
     """One chunk of B streams whose DiT caches live in one pool → (mel `[B, 80, W]`, new caches)."""
     caches = [s.estimator for s in states]
-    rows = [SlotRow(c.lease, ring=True, head=c.head, n_valid=n,
-                    visible=tuple(c.ring_frames()) + tuple(range(c.prompt_frames)), conv=c.conv)
+    rows = [SlotRow(c.lease, ring=True, head=c.head, n_valid=n, prompt=c.prompt_frames,
+                    ring_frames=tuple(c.ring_frames()), conv=c.conv)
             for c, n in zip(caches, n_mel)]
     mel, convs = caches[0].lease.pool.solve(mu, spks, torch.zeros_like(mu), x0, rows)
     return mel, [c.after_chunk(n, conv, s.left_context) for c, n, conv, s in zip(caches, n_mel, convs, states)]
