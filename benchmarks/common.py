@@ -88,6 +88,17 @@ def print_table(rows: list[tuple[str, str]]) -> None:
         print(f"{k:<{width}}  {v}")
 
 
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def result_path(out: str | None, name: str, device: torch.device, model: str | None = None) -> Path:
+    """`out`, or the default results file benchmarks/results/<name>_<device type>[_<model>].json."""
+    if out:
+        return Path(out)
+    suffix = "" if model is None else "_" + model.replace(":", "_")
+    return RESULTS / f"{name}_{torch.device(device).type}{suffix}.json"
+
+
 def finish(out: str | Path, payload: dict, rows: list[tuple[str, str]]) -> dict:
     """A benchmark's ending: write `payload` as JSON to `out`, print the summary `rows`, say where."""
     write_json(out, payload)

@@ -28,14 +28,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import environment, finish, progress, sync  # noqa: E402
+from common import environment, finish, progress, result_path, sync  # noqa: E402
 
 from editx.config import RuntimeConfig  # noqa: E402
 from editx.engine.token2wav import Token2Wav, Token2WavStream, VoiceConditioning, decode_batch  # noqa: E402
 from editx.loading.components import load_stage_models  # noqa: E402
 from editx.models.flow import mixed_len  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 NOISE_FRAMES = 30000  # as the runtime's start-noise buffer
 OUTPUT_RATE = 24000
 
@@ -145,11 +144,18 @@ def load_decoder(args: argparse.Namespace, n_timesteps: int | None = None) -> To
     return Token2Wav(flow, hift, noise.to(device), n_timesteps or flow.cfg.n_timesteps)
 
 
+def decoder_payload(name: str, args: argparse.Namespace, decoder: Token2Wav, **fields) -> dict:
+    """The result header the decoder benchmarks share (what ran, where, with which settings) + `fields`."""
+    return {"benchmark": f"e2e/{name}", "model": args.model, "env": environment(decoder.device),
+            "decoder_dtype": args.decoder_dtype, "n_timesteps": decoder.n_timesteps, "prompt_ids": args.prompt_ids,
+            **fields}
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
     decoder = load_decoder(args, args.n_timesteps)
-    flow, n_steps = decoder.flow, decoder.n_timesteps
+    flow = decoder.flow
     progress(f"loaded the {args.model} decoder on {device}")
     levels = []
     for layout in args.layouts:
@@ -157,11 +163,8 @@ def main(argv=None) -> dict:
             voices = make_voices(k, layout, args.prompt_ids, torch.Generator().manual_seed(k))
             levels.append({"layout": layout, **measure(decoder, voices, args.rounds, seed=k)})
             progress(f"{layout} k={k}: x{levels[-1]['speedup']:.2f}")
-    payload = {"benchmark": "e2e/decoder_batch", "model": args.model, "env": environment(device),
-               "decoder_dtype": args.decoder_dtype, "n_timesteps": n_steps, "prompt_ids": args.prompt_ids,
-               "chunk_frames": flow.cfg.chunk_sizes[-1], "levels": levels}
-    out = Path(args.out or REPO / "benchmarks" / "results" /
-               f"decoder_batch_{device.type}_{args.model.replace(':', '_')}.json")
+    payload = decoder_payload("decoder_batch", args, decoder, chunk_frames=flow.cfg.chunk_sizes[-1], levels=levels)
+    out = result_path(args.out, "decoder_batch", device, args.model)
     return finish(out, payload, [(f"{lv['layout']:<7} k={lv['streams']:<3}",
                   f"sequential {lv['sequential']['ms_per_chunk']:8.1f} ms/chunk "
                   f"{lv['sequential']['ms_per_audio_s']:8.1f} ms/audio s | batched "

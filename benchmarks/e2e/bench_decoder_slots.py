@@ -24,14 +24,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decoder_batch import add_decoder_arguments, load_decoder, make_voices, random_ids  # noqa: E402
-from common import environment, finish, progress, sync  # noqa: E402
+from bench_decoder_batch import (add_decoder_arguments, decoder_payload, load_decoder, make_voices,  # noqa: E402
+                                 random_ids)
+from common import finish, progress, result_path, sync  # noqa: E402
 
 from editx.engine.token2wav import Token2Wav, decode_batch  # noqa: E402
 from editx.models.flow import mixed_len  # noqa: E402
 from editx.models.flow.dit_slots import DiTSlots  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -125,11 +125,8 @@ def main(argv=None) -> dict:
             level[mode]["steady_speedup_vs_packed"] = (level["packed"]["steady_chunk_round_ms"]
                                                        / level[mode]["steady_chunk_round_ms"])
         levels.append(level)
-    payload = {"benchmark": "e2e/decoder_slots", "model": args.model, "env": environment(device),
-               "decoder_dtype": args.decoder_dtype, "n_timesteps": n_steps, "prompt_ids": args.prompt_ids,
-               "slot_prompt_frames": args.prompt_frames, "levels": levels}
-    out = Path(args.out or REPO / "benchmarks" / "results" /
-               f"decoder_slots_{device.type}_{args.model.replace(':', '_')}.json")
+    payload = decoder_payload("decoder_slots", args, decoder, slot_prompt_frames=args.prompt_frames, levels=levels)
+    out = result_path(args.out, "decoder_slots", device, args.model)
     return finish(out, payload, [(f"k={lv['streams']:<3} {mode:<11}",
                   f"set-up {lv[mode]['setup_ms']:8.1f} ms  first chunk {lv[mode]['first_chunk_ms']:8.1f} ms  "
                   f"steady round {lv[mode]['steady_chunk_round_ms']:8.1f} ms  "

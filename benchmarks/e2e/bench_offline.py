@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import copy_bandwidth_gbs, environment, finish, progress, sync, time_ms  # noqa: E402
+from common import copy_bandwidth_gbs, environment, finish, progress, result_path, sync, time_ms  # noqa: E402
 
 from editx import Runtime  # noqa: E402
 from editx.engine.generate import audio_logit_bias, generate, prefill  # noqa: E402
@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
 
     payload = {"benchmark": "e2e/offline", "model": args.model, "dtype": str(llm.dtype), "kernels": args.kernels,
                "decoder_dtype": str(comps.flow.dtype), "env": environment(dev), "results": results}
-    out = args.out or REPO / "benchmarks" / "results" / f"offline_{dev.type}_{args.model.replace(':', '_')}.json"
+    out = result_path(args.out, "offline", dev, args.model)
     return finish(out, payload, [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in results.items()])
 
 

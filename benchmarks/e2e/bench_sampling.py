@@ -20,14 +20,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import environment, finish, progress, time_ms  # noqa: E402
+from common import environment, finish, progress, result_path, time_ms  # noqa: E402
 
 from editx.engine.generate import audio_logit_bias  # noqa: E402
 from editx.engine.request import Request, _ban_repeats, select_next_ids  # noqa: E402
 from editx.engine.sampling import SampledVocab, SamplingParams, apply_temperature, apply_top_k  # noqa: E402
 from editx.models.step1 import Step1Config  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 def per_row(logits: torch.Tensor, requests) -> list[int]:
@@ -74,7 +73,7 @@ def main(argv=None) -> dict:
         progress(f"rows={n}: x{levels[-1]['speedup']:.2f} blocks, x{levels[-1]['compact_speedup']:.2f} compact")
     payload = {"benchmark": "e2e/sampling", "env": environment(device), "vocab": size,
                "compact_columns": int(vocab.ids.numel()), "levels": levels}
-    out = Path(args.out or REPO / "benchmarks" / "results" / f"sampling_{device.type}.json")
+    out = result_path(args.out, "sampling", device)
     table = [(f"rows={lv['rows']:<3}", f"blocks {lv['blocks_ms']:8.3f} ms | compact {lv['compact_ms']:8.3f} ms"
               f" | per row {lv['per_row_ms']:8.3f} ms | x{lv['speedup']:.2f} / x{lv['compact_speedup']:.2f}")
              for lv in levels]

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import environment, print_table, progress, write_json, write_svg_plot  # noqa: E402
+from common import environment, print_table, progress, result_path, write_json, write_svg_plot  # noqa: E402
 
 from editx import Runtime  # noqa: E402
 from editx.models.interleave import llm_ids_to_mixed  # noqa: E402
@@ -175,8 +175,7 @@ def main(argv=None) -> dict:
     progress("warm-up: offline clone done")
     baseline = offline_baseline(rt, prompt, args.tokens)
     progress(f"offline c=1: first audio {baseline['ttfa_ms']:.1f} ms")
-    out = Path(args.out or REPO / "benchmarks" / "results" /
-               f"stream_{rt.config.device.type}_{args.model.replace(':', '_')}.json")
+    out = result_path(args.out, "stream", rt.config.device, args.model)
     payload = {"benchmark": "e2e/stream", "model": args.model, "env": environment(rt.config.device),
                "overlap_decoder": rt.config.overlap_decoder, "chunk_frames": list(rt.decoder.flow.cfg.chunk_sizes),
                "decoder_slots": rt.engine_stats()["decoder_slots"],

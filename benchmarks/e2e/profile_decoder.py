@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_decoder_batch import NOISE_FRAMES, make_voices, random_ids  # noqa: E402
-from common import environment, finish, progress, sync  # noqa: E402
+from common import environment, finish, progress, result_path, sync  # noqa: E402
 
 from editx.config import RuntimeConfig  # noqa: E402
 from editx.engine import token2wav  # noqa: E402
@@ -31,7 +31,6 @@ from editx.loading.components import load_stage_models  # noqa: E402
 from editx.models.flow import mixed_len  # noqa: E402
 from editx.models.flow.dit_slots import DiTSlots  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 STAGES = ("flow.setup", "flow.encoder", "flow.dit_solve", "hift.vocode")
 
 
@@ -115,9 +114,7 @@ def main(argv=None) -> dict:
                "decoder_dtype": args.decoder_dtype, "prompt_ids": args.prompt_ids, "slots": args.slots,
                "profiled": {"setups": 1, "chunks_48_frames": args.chunks},
                "time": "device (CUDA kernels)" if on_device else "CPU", "stages": stages, "top_ops": top}
-    out = Path(args.out or REPO / "benchmarks" / "results" /
-               f"profile_decoder_{device.type}_{args.model.replace(':', '_')}"
-               f"{'_slots' if args.slots == 'on' else ''}.json")
+    out = result_path(args.out, "profile_decoder", device, args.model + ("_slots" if args.slots == "on" else ""))
     return finish(out, payload, [(name, f"{s['total_ms']:9.2f} ms in {s['calls']} calls") for name, s in stages.items()]
                 + [(t["op"][:60], f"{t['self_ms']:9.2f} ms self, {t['calls']} calls") for t in top])
 
