@@ -64,7 +64,7 @@ setup(
     package_dir={"editx": "runtime", "editx.kernels": "kernels", "editx.export": "export"},
     packages=[
         "editx", "editx.loading", "editx.frontend", "editx.models", "editx.models.flow",
-        "editx.layers", "editx.engine", "editx.kernels", "editx.export",
+        "editx.layers", "editx.engine", "editx.server", "editx.kernels", "editx.export",
     ],
     package_data={"editx": ["assets/*.model"]},
     install_requires=[
@@ -81,7 +81,10 @@ setup(
         "gpu": ["onnxruntime-gpu>=1.17", "tensorrt>=10", "cuda-python>=12"],
         # `editx export` simplifies graphs with onnxsim when present (the exporter itself needs nothing extra).
         "export": ["onnxsim>=0.4"],
-        "dev": ["pytest>=8", "hypothesis>=6", 'triton>=3.0; platform_system == "Linux"'],
+        # `editx serve` (editx.server): HTTP streaming over one shared Runtime.
+        "server": ["fastapi>=0.110", "uvicorn>=0.29"],
+        "dev": ["pytest>=8", "hypothesis>=6", 'triton>=3.0; platform_system == "Linux"',
+                "fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
     },
     entry_points={"console_scripts": ["editx=editx.cli:main"]},
     ext_modules=_extensions(),

@@ -16,6 +16,7 @@ builds its own request state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -123,8 +124,9 @@ class Runtime:
                             priority: int = 0) -> AsyncIterator[AudioChunk]:
         """asyncio twin of `stream_clone` (the front end runs in a worker thread)."""
         job = await asyncio.to_thread(self._clone_job, prompt_audio, prompt_text, text, seed, sampling)
-        async for chunk in self._streamer.astream(job, priority):
-            yield chunk
+        async with contextlib.aclosing(self._streamer.astream(job, priority)) as chunks:  # closing us cancels it now
+            async for chunk in chunks:
+                yield chunk
 
     # -- edit -----------------------------------------------------------------------------
     def edit(self, audio: AudioInput, audio_text: str, edit_type: str, edit_info: Optional[str] = None,
@@ -158,8 +160,9 @@ class Runtime:
         """asyncio twin of `stream_edit`."""
         job = await asyncio.to_thread(self._last_edit_job, audio, audio_text, edit_type, edit_info, text, n_iter,
                                       seed, sampling)
-        async for chunk in self._streamer.astream(job, priority):
-            yield chunk
+        async with contextlib.aclosing(self._streamer.astream(job, priority)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     # -- voices, stats, lifetime --------------------------------------------------------------
     def encode_voice(self, audio: AudioInput) -> VoicePrompt:

@@ -17,13 +17,11 @@ from .errors import EditXError
 EDIT_TYPES = ["emotion", "style", "speed", "paralinguistic", "denoise", "vad"]
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags that build the Runtime (every command that loads a model)."""
     p.add_argument("--model", "--model-path", dest="model", required=True,
                    help="upstream install folder (holding Step-Audio-EditX/ and Step-Audio-Tokenizer/), "
                         "or dummy:tiny / dummy:full")
-    p.add_argument("--prompt-audio", "--prompt-audio-path", dest="prompt_audio", required=True,
-                   help="audio file (any common format, >= 16 kHz)")
-    p.add_argument("--prompt-text", default="", help="transcript of the prompt audio")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--dtype", "--torch-dtype", dest="dtype", default=None,
                    choices=["float32", "bfloat16", "float16"],
@@ -31,18 +29,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoder-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="flow + vocoder dtype (upstream: float32)")
     p.add_argument("--seed", type=int, default=0, help="seed of sampling and of every random draw")
-    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of upstream's sampling")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated LLM tokens")
-    p.add_argument("--output-dir", default="./output_dir", help="where WAVs are written")
-    p.add_argument("--output", default=None, help="exact output path (clone, or the last edit iteration)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--kernels", default="auto", choices=["auto", "reference", "triton"],
                    help="fused ops: Triton kernels on CUDA (auto), the PyTorch references, or Triton forced")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--stream", action="store_true",
-                      help="write the WAV chunk by chunk as audio is produced (first audio on disk early)")
-    mode.add_argument("--offline", action="store_true",
-                      help="upstream's whole-utterance decoder instead of the streaming engine")
     p.add_argument("--backend", action="append", default=[], metavar="STAGE=NAME",
                    help="run a stage (dit, flow_encoder, hift, vq02) on torch, onnxruntime or tensorrt; "
                         "repeatable; a bare NAME sets every stage")
@@ -50,6 +39,34 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-frames", default=None, metavar="N,N,...",
                    help="streamed decoder chunk sizes in token frames, multiples of 3 (default upstream's "
                         "15,24,48; a smaller first chunk gives earlier first audio)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    """Flags of the one-shot commands (clone, edit)."""
+    _model_arguments(p)
+    p.add_argument("--prompt-audio", "--prompt-audio-path", dest="prompt_audio", required=True,
+                   help="audio file (any common format, >= 16 kHz)")
+    p.add_argument("--prompt-text", default="", help="transcript of the prompt audio")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of upstream's sampling")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated LLM tokens")
+    p.add_argument("--output-dir", default="./output_dir", help="where WAVs are written")
+    p.add_argument("--output", default=None, help="exact output path (clone, or the last edit iteration)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--stream", action="store_true",
+                      help="write the WAV chunk by chunk as audio is produced (first audio on disk early)")
+    mode.add_argument("--offline", action="store_true",
+                      help="upstream's whole-utterance decoder instead of the streaming engine")
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    _model_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--max-requests", type=int, default=None,
+                   help="requests in flight before new ones get 503 (default 4 x --max-num-seqs)")
+    p.add_argument("--max-num-seqs", type=int, default=64, help="streams the engine decodes together")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="skip capturing the CUDA graphs before accepting requests (first requests pay it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .export.cli import add_arguments as add_export_arguments
 
     add_export_arguments(sub.add_parser("export", help="write ONNX graphs (and TensorRT plans) of a model"))
+    _serve_arguments(sub.add_parser("serve", help="HTTP server: streamed clone / edit for many concurrent clients"))
     return parser
 
 
@@ -83,22 +101,15 @@ def _progress(quiet: bool):
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Execute one parsed command; returns the written files."""
-    from .api import Runtime
-
     report = _progress(args.quiet)
     if args.command == "export":
         from .export.cli import run as run_export
 
         return run_export(args, report)
+    if args.command == "serve":
+        return serve(args, report)
     _validate_early(args)
-    from .layers import set_kernel_backend
-
-    set_kernel_backend(args.kernels)  # process-wide, like the CLI process itself
-    report(f"loading {args.model} on {args.device}")
-    rt = Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype,
-                                 decoder_dtype=args.decoder_dtype, seed=args.seed,
-                                 progress=not args.quiet, backends=",".join(args.backend) or None,
-                                 export_dir=args.export_dir, stream_chunk_frames=args.chunk_frames)
+    rt = load_runtime(args, report)
     sampling = rt.default_sampling(greedy=args.greedy, max_new_tokens=args.max_new_tokens)
     stem = Path(args.prompt_audio).stem
     out_dir = Path(args.output_dir)
@@ -133,6 +144,43 @@ def run(args: argparse.Namespace) -> list[Path]:
     for path in written:
         report(f"wrote {path}")
     return written
+
+
+def load_runtime(args: argparse.Namespace, report, **overrides):
+    """The Runtime the model flags describe (kernel backend set process-wide, like the CLI process)."""
+    from .api import Runtime
+    from .layers import set_kernel_backend
+
+    set_kernel_backend(args.kernels)
+    report(f"loading {args.model} on {args.device}")
+    return Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype,
+                                   decoder_dtype=args.decoder_dtype, seed=args.seed,
+                                   progress=not args.quiet, backends=",".join(args.backend) or None,
+                                   export_dir=args.export_dir, stream_chunk_frames=args.chunk_frames, **overrides)
+
+
+def serve(args: argparse.Namespace, report) -> list[Path]:
+    """`editx serve`: load once, warm up, then serve HTTP until interrupted (Ctrl-C / SIGTERM)."""
+    from .server import ServerConfig, create_app
+
+    config = ServerConfig(max_requests=args.max_requests)  # validated before the model loads
+    try:
+        import uvicorn
+    except ImportError as exc:
+        from .errors import BackendUnavailableError
+
+        raise BackendUnavailableError("editx serve needs uvicorn; install it with: pip install 'editx-rt[server]'") \
+            from exc
+    rt = load_runtime(args, report, max_num_seqs=args.max_num_seqs)
+    try:
+        app = create_app(rt, config, model_name=args.model)
+        if args.warmup:
+            rt.warmup()
+        report(f"serving on http://{args.host}:{args.port} (POST /v1/clone, /v1/edit; GET /v1/info)")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
+    finally:
+        rt.close()
+    return []
 
 
 def write_stream(chunks, path: Path, report) -> Path:

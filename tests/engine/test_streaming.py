@@ -11,6 +11,7 @@ import torch
 
 from editx import AudioChunk, InvalidInputError
 
+from audio_compare import assert_same_result
 from engine_testing import DEVICE, make_runtime
 
 TOKENS = 90  # > 2 decoder chunks (setup 5, chunks of 25 and 40 ids, + 5 lookahead) yet quick on CPU
@@ -52,19 +53,6 @@ def test_collected_clone_is_the_concatenated_stream(rt, voices):
     chunks = drain(rt.stream_clone(voices[0], "A prompt.", "Text.", seed=2, sampling=params(rt)))
     audio = rt.clone(voices[0], "A prompt.", "Text.", seed=2, sampling=params(rt))
     assert np.array_equal(audio.samples, np.concatenate([c.samples for c in chunks]))
-
-
-def assert_same_result(got, want):
-    """Concurrent vs sequential: token ids are identical (asserted by the callers where they have
-    them); audio equal up to floating-point reduction order. Batched decoding reorders sums in the
-    flow (measured mel differences <= 1e-6) and the NSF source integrates f0 over each chunk, so on
-    the saturating random-weight vocoder single samples move by up to ~5e-3 while the relative RMS
-    difference stays ~2.5e-4 (measured); 2e-3 / 0.02 leave margin and still catch any misrouted
-    chunk (which is O(1))."""
-    assert got.shape == want.shape
-    diff = np.abs(got - want)
-    rel_rms = float(np.sqrt((diff ** 2).mean() / max((want ** 2).mean(), 1e-12)))
-    assert rel_rms <= 2e-3 and float(diff.max()) <= 0.02, (rel_rms, float(diff.max()))
 
 
 def assert_equal_on_cpu(got, want):

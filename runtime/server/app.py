@@ -1,0 +1,305 @@
+"""The HTTP server: streamed clone / edit over one shared Runtime (FastAPI, run by `editx serve`).
+
+    POST /v1/clone   {"prompt_audio": b64 | "voice_id": id, "prompt_text", "text", ...}  -> audio
+    POST /v1/edit    {"audio": b64 | "voice_id": id, "audio_text", "edit_type", "edit_info", ...} -> audio
+    POST /v1/voices  {"audio": b64} -> {"voice_id", ...}   (upload a prompt once, name it afterwards)
+    GET  /health, /v1/info, /v1/stats
+
+Audio responses stream by default (`"stream": true`): the status and headers leave when the first
+chunk exists, so an error before it (bad audio, empty text, unknown edit type) is a proper 4xx with
+a JSON body; the body then carries each chunk as the engine emits it (`wav` with an open-ended
+header, `pcm16` or `f32`). A failure after the first chunk can no longer change the status: the
+server aborts the response (the client sees an incomplete chunked body, never a short "complete"
+file) and logs it. A client that disconnects cancels its request at once (its KV blocks and decoder
+caches return to the pool). Requests beyond `ServerConfig.max_requests` get 503 + Retry-After
+instead of an unbounded queue.
+
+Every handler is async and never blocks the event loop: the front end runs in worker threads
+(`Runtime.astream_*`), the LLM and decoder on the engine's threads.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from typing import AsyncIterator, Callable, Optional
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from ..errors import CheckpointError, EditXError, InvalidInputError
+from ..frontend.audio_io import load_audio
+from ..models.text import EDIT_TYPES
+from ..types import OUTPUT_SAMPLE_RATE, AudioChunk
+from . import wire
+from .schemas import CloneBody, EditBody, SamplingBody, VoiceBody
+from .state import Admission, Counters, Overloaded, ServerConfig, UnknownVoice, VoiceRegistry
+
+log = logging.getLogger("editx.server")
+
+ChunkSource = Callable[[], AsyncIterator[AudioChunk]]
+
+
+def create_app(runtime, config: Optional[ServerConfig] = None, model_name: str = "") -> FastAPI:
+    """A FastAPI app serving `runtime` (an `editx.Runtime`; the caller keeps ownership and closes it)."""
+    from .. import __version__
+
+    config = config or ServerConfig()
+    server = _Server(runtime, config, model_name)
+    app = FastAPI(title="editx-rt", version=__version__,
+                  description="Step-Audio-EditX: streamed voice cloning and speech editing")
+    app.state.editx = server
+    _install_error_handlers(app, config)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/v1/info")
+    async def info() -> dict:
+        return server.info()
+
+    @app.get("/v1/stats")
+    async def stats() -> dict:
+        return {"server": server.counters.as_dict(), "voices": len(server.voices),
+                "engine": runtime.engine_stats()}
+
+    @app.post("/v1/voices")
+    async def upload_voice(body: VoiceBody) -> dict:
+        return await server.upload_voice(body)
+
+    @app.post("/v1/clone")
+    async def clone(body: CloneBody, request: Request) -> Response:
+        audio = server.audio_input(body.prompt_audio, body.voice_id, "prompt_audio")
+        sampling = server.sampling(body.sampling)
+        return await server.respond(
+            lambda: runtime.astream_clone(audio, body.prompt_text, body.text, seed=body.seed, sampling=sampling,
+                                          priority=body.priority), body.format, body.stream)
+
+    @app.post("/v1/edit")
+    async def edit(body: EditBody, request: Request) -> Response:
+        audio = server.audio_input(body.audio, body.voice_id, "audio")
+        sampling = server.sampling(body.sampling)
+        return await server.respond(
+            lambda: runtime.astream_edit(audio, body.audio_text, body.edit_type, body.edit_info, text=body.text,
+                                         n_iter=body.n_iter, seed=body.seed, sampling=sampling,
+                                         priority=body.priority), body.format, body.stream)
+
+    return app
+
+
+class _Server:
+    """The app's shared state and request handling (one per app; see module doc)."""
+
+    def __init__(self, runtime, config: ServerConfig, model_name: str) -> None:
+        self.runtime, self.config, self.model_name = runtime, config, model_name
+        self.counters = Counters()
+        limit = config.max_requests or 4 * runtime.config.max_num_seqs
+        self.admission = Admission(limit, self.counters)
+        self.voices = VoiceRegistry(config.max_voice_bytes)
+
+    def info(self) -> dict:
+        cfg = self.runtime.config
+        return {"model": self.model_name, "device": str(cfg.device), "dtype": str(cfg.dtype).removeprefix("torch."),
+                "sample_rate": OUTPUT_SAMPLE_RATE, "channels": 1, "formats": list(wire.FORMATS),
+                "edit_types": list(EDIT_TYPES), "max_requests": self.admission.limit}
+
+    # -- inputs -------------------------------------------------------------------------
+    def audio_input(self, b64: Optional[str], voice_id: Optional[str], field: str):
+        """The request's audio: file bytes from base64, or an uploaded voice's samples."""
+        if (b64 is None) == (voice_id is None):
+            raise InvalidInputError(f"{field} / voice_id: give exactly one of them")
+        if voice_id is not None:
+            return self.voices.get(voice_id)
+        return wire.decode_base64_audio(b64, field, self.config.max_body_bytes)
+
+    def sampling(self, body: Optional[SamplingBody]):
+        """SamplingParams: the runtime's defaults with the request's overrides (validated there)."""
+        if body is None:
+            return self.runtime.default_sampling()
+        params = self.runtime.default_sampling(greedy=body.greedy, max_new_tokens=body.max_new_tokens)
+        overrides = {k: v for k, v in body.model_dump().items()
+                     if v is not None and k not in ("greedy", "max_new_tokens")}
+        try:
+            return dataclasses.replace(params, **overrides)
+        except TypeError as exc:  # a value pydantic let through that SamplingParams cannot take
+            raise InvalidInputError(f"sampling: {exc}") from exc
+
+    async def upload_voice(self, body: VoiceBody) -> dict:
+        data = wire.decode_base64_audio(body.audio, "audio", self.config.max_body_bytes)
+        voice_id = self.voices.key(data)
+        wav, sr = await asyncio.to_thread(load_audio, data, what="audio")
+        samples = wav.numpy()
+        # Run the front end now, so the first request naming this voice skips it (Runtime voice cache).
+        await asyncio.to_thread(self.runtime.encode_voice, (samples, sr))
+        self.voices.put(voice_id, samples, sr)
+        return {"voice_id": voice_id, "duration_s": round(samples.shape[-1] / sr, 3), "sample_rate": sr}
+
+    # -- responses ------------------------------------------------------------------------
+    async def respond(self, make_chunks: ChunkSource, fmt: str, stream: bool) -> Response:
+        """Run one request: admit it, wait for its first chunk (errors so far become 4xx/5xx), then
+        stream the rest or collect everything into one body."""
+        wire.check_format(fmt)
+        self.admission.enter()
+        session = _Session(self.admission)
+        start = time.perf_counter()
+        try:
+            session.chunks = make_chunks()
+            first = await _first_chunk(session.chunks)
+            self.counters.record_first_chunk((time.perf_counter() - start) * 1e3)
+            headers = {"X-Sample-Rate": str(OUTPUT_SAMPLE_RATE), "X-Audio-Format": fmt}
+            media = wire.media_type(fmt, OUTPUT_SAMPLE_RATE)
+            if stream:  # from here the response owns the session and closes it however it ends
+                return _SessionResponse(self._stream_body(first, session, fmt), session, media_type=media,
+                                        headers=headers)
+            samples = await _collect(first, session.chunks)
+            await session.close()
+            return Response(wire.whole(samples, fmt, OUTPUT_SAMPLE_RATE), media_type=media, headers=headers)
+        except BaseException:
+            self.counters.failed += 1
+            await session.close()
+            raise
+
+    async def _stream_body(self, first: AudioChunk, session: "_Session", fmt: str):
+        """The streamed response body: header (wav), then every chunk's bytes as it arrives."""
+        try:
+            if fmt == "wav":
+                yield wire.wav_header(OUTPUT_SAMPLE_RATE, None)
+            chunk = first
+            while True:
+                yield wire.encode(chunk.samples, fmt)
+                if chunk.is_last:
+                    session.finished = True
+                    return
+                chunk = await anext(session.chunks)
+        except StopAsyncIteration:  # the engine guarantees an is_last chunk: a missing one is a bug
+            self.counters.failed += 1
+            log.error("stream ended without its last chunk; aborting the response")
+            raise EditXError("stream ended without its last chunk") from None
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away
+            self.counters.cancelled += 1
+            raise
+        except Exception:
+            self.counters.failed += 1
+            log.exception("request failed after its first chunk; aborting the response")
+            raise
+        finally:
+            await session.close()
+
+
+class _Session:
+    """One admitted request's resources: its chunk stream and its admission slot. `close()` is
+    idempotent and safe inside a cancelled task: it cancels the engine request if it still runs."""
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.chunks: Optional[AsyncIterator[AudioChunk]] = None
+        self.finished = False
+        self._closed = False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.chunks is not None:
+                with anyio.CancelScope(shield=True):  # runs even inside Starlette's cancelled task group
+                    await self.chunks.aclose()
+        finally:
+            self.admission.leave()
+
+
+class _SessionResponse(StreamingResponse):
+    """StreamingResponse that closes its request session however the response ends. Starlette
+    cancels the body on a disconnect under ASGI spec < 2.4 (uvicorn); under 2.4 a failed send just
+    propagates, and a body never started never runs its own clean-up."""
+
+    def __init__(self, body, session: _Session, **kwargs) -> None:
+        super().__init__(body, **kwargs)
+        self.session = session
+
+    async def stream_response(self, send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+                await self.session.close()
+
+
+async def _first_chunk(chunks: AsyncIterator[AudioChunk]) -> AudioChunk:
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        raise EditXError("the request produced no audio chunk") from None
+
+
+async def _collect(first: AudioChunk, chunks: AsyncIterator[AudioChunk]):
+    import numpy as np
+
+    parts = [first.samples]
+    last = first.is_last
+    async for chunk in chunks:
+        parts.append(chunk.samples)
+        last = chunk.is_last
+    if not last:
+        raise EditXError("stream ended without its last chunk")
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Errors: one JSON shape, {"error": {"type": ..., "message": ...}}
+# ---------------------------------------------------------------------------------------
+def _error(status: int, kind: str, message: str, headers: Optional[dict] = None) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI, config: ServerConfig) -> None:
+    @app.exception_handler(Overloaded)
+    async def overloaded(_request, exc: Overloaded):
+        return _error(503, "overloaded", str(exc), {"Retry-After": str(config.retry_after_s)})
+
+    @app.exception_handler(UnknownVoice)
+    async def unknown_voice(_request, exc: UnknownVoice):
+        return _error(404, "unknown_voice", str(exc))
+
+    @app.exception_handler(InvalidInputError)
+    async def invalid(_request, exc: InvalidInputError):
+        return _error(400, "invalid_input", str(exc))
+
+    @app.exception_handler(CheckpointError)
+    async def checkpoint(_request, exc: CheckpointError):
+        return _error(500, "model_error", str(exc))
+
+    @app.exception_handler(EditXError)
+    async def editx_error(_request, exc: EditXError):
+        return _error(500, "server_error", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation(_request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return _error(422, "invalid_request", problems)
+
+    app.add_middleware(_BodyLimit, max_bytes=config.max_body_bytes)
+
+
+class _BodyLimit:
+    """413 for a declared Content-Length over the limit, before the body is read. Plain ASGI, not
+    Starlette's BaseHTTPMiddleware: that one re-wraps streamed bodies and would end an aborted
+    stream with a clean final chunk (a truncated file the client takes as complete)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope.get("headers") or []).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_bytes:
+                response = _error(413, "too_large", f"request body of {int(length)} bytes exceeds the limit of "
+                                                    f"{self.max_bytes} bytes")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,142 @@
+"""Server-wide state beside the Runtime: admission control, the uploaded-voice registry, counters.
+
+Nothing here belongs to one request: a request's own state stays in its stream (the engine's
+`Request`). Everything is touched only from the server's event loop thread, except
+`VoiceRegistry`, which a lock guards because uploads decode audio in worker threads.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import EditXError, InvalidInputError
+
+
+class Overloaded(EditXError):
+    """The server already holds its limit of requests in flight (HTTP 503, retry later)."""
+
+
+class UnknownVoice(InvalidInputError):
+    """A request names a voice_id the registry does not hold (HTTP 404)."""
+
+
+@dataclass
+class ServerConfig:
+    """Limits of one server.
+
+    max_requests: requests in flight (front end, queued in the engine, or streaming) before new
+        ones get 503 + Retry-After; None = 4 x the engine's max_num_seqs (a queue four batches deep:
+        beyond that a new stream would wait longer than any TTFA target anyway).
+    max_body_bytes: largest request body (base64 audio grows 4/3: 64 MB ~ 48 MB of audio file).
+    max_voice_bytes: decoded samples the voice registry keeps (LRU; 256 MB ~ 23 minutes at 48 kHz).
+    retry_after_s: the Retry-After a 503 carries.
+    """
+
+    max_requests: int | None = None
+    max_body_bytes: int = 64 * 2**20
+    max_voice_bytes: int = 256 * 2**20
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_voice_bytes", "retry_after_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise InvalidInputError(f"ServerConfig.{name}: expected a positive int, got {value!r}")
+        if self.max_requests is not None and (isinstance(self.max_requests, bool)
+                                              or not isinstance(self.max_requests, int) or self.max_requests < 1):
+            raise InvalidInputError(f"ServerConfig.max_requests: expected a positive int or None, "
+                                    f"got {self.max_requests!r}")
+
+
+@dataclass
+class Counters:
+    """What `/v1/stats` reports of the server itself."""
+
+    requests: int = 0      # admitted
+    rejected: int = 0      # 503: over max_requests
+    failed: int = 0        # ended with an error (before or after the first chunk)
+    cancelled: int = 0     # the client went away before the last chunk
+    in_flight: int = 0
+    first_chunk_ms: list[float] = field(default_factory=list)  # last 1,000 admitted requests
+
+    def as_dict(self) -> dict:
+        ttfa = sorted(self.first_chunk_ms)
+        p50 = ttfa[len(ttfa) // 2] if ttfa else None
+        return {"requests": self.requests, "rejected": self.rejected, "failed": self.failed,
+                "cancelled": self.cancelled, "in_flight": self.in_flight, "first_chunk_ms_p50": p50}
+
+    def record_first_chunk(self, ms: float) -> None:
+        self.first_chunk_ms.append(ms)
+        del self.first_chunk_ms[:-1000]
+
+
+class Admission:
+    """At most `limit` requests in flight; `enter()` raises Overloaded past it."""
+
+    def __init__(self, limit: int, counters: Counters) -> None:
+        self.limit, self.counters = limit, counters
+
+    def enter(self) -> None:
+        if self.counters.in_flight >= self.limit:
+            self.counters.rejected += 1
+            raise Overloaded(f"server busy: {self.counters.in_flight} requests in flight (limit {self.limit}); "
+                             "retry later")
+        self.counters.in_flight += 1
+        self.counters.requests += 1
+
+    def leave(self) -> None:
+        self.counters.in_flight -= 1
+
+
+class VoiceRegistry:
+    """Uploaded prompt audio by id (sha256 of the file bytes), decoded once, LRU within a byte budget.
+
+    A request naming a voice_id skips the upload and the decode; the Runtime's own voice cache
+    then skips the front end as well (it keys on the samples).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._voices: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:32]
+
+    def put(self, voice_id: str, samples: np.ndarray, sample_rate: int) -> None:
+        """samples: [C, N] float32 (as decoded)."""
+        size = samples.nbytes
+        if size > self.max_bytes:
+            raise InvalidInputError(f"audio: {size} bytes of decoded samples exceed the voice registry's "
+                                    f"budget of {self.max_bytes} bytes")
+        with self._lock:
+            if voice_id in self._voices:
+                self._voices.move_to_end(voice_id)
+                return
+            self._voices[voice_id] = (samples, sample_rate)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (old, _) = self._voices.popitem(last=False)
+                self._bytes -= old.nbytes
+
+    def get(self, voice_id: str) -> tuple[np.ndarray, int]:
+        with self._lock:
+            found = self._voices.get(voice_id)
+            if found is None:
+                raise UnknownVoice(f"voice_id: unknown voice {voice_id!r} (never uploaded, or evicted); "
+                                   "upload the audio with POST /v1/voices")
+            self._voices.move_to_end(voice_id)
+            return found
+
+    def __len__(self) -> int:
+        return len(self._voices)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
