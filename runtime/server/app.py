@@ -20,6 +20,7 @@ Every handler is async and never blocks the event loop: the front end runs in wo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -77,7 +78,7 @@ def create_app(runtime, config: Optional[ServerConfig] = None, model_name: str =
         sampling = server.sampling(body.sampling)
         return await server.respond(
             lambda: runtime.astream_clone(audio, body.prompt_text, body.text, seed=body.seed, sampling=sampling,
-                                          priority=body.priority), body.format, body.stream)
+                                          priority=body.priority), body.format, body.stream, request)
 
     @app.post("/v1/edit")
     async def edit(body: EditBody, request: Request) -> Response:
@@ -86,7 +87,7 @@ def create_app(runtime, config: Optional[ServerConfig] = None, model_name: str =
         return await server.respond(
             lambda: runtime.astream_edit(audio, body.audio_text, body.edit_type, body.edit_info, text=body.text,
                                          n_iter=body.n_iter, seed=body.seed, sampling=sampling,
-                                         priority=body.priority), body.format, body.stream)
+                                         priority=body.priority), body.format, body.stream, request)
 
     return app
 
@@ -139,16 +140,16 @@ class _Server:
         return {"voice_id": voice_id, "duration_s": round(samples.shape[-1] / sr, 3), "sample_rate": sr}
 
     # -- responses ------------------------------------------------------------------------
-    async def respond(self, make_chunks: ChunkSource, fmt: str, stream: bool) -> Response:
-        """Run one request: admit it, wait for its first chunk (errors so far become 4xx/5xx), then
-        stream the rest or collect everything into one body."""
+    async def respond(self, make_chunks: ChunkSource, fmt: str, stream: bool, request: Request) -> Response:
+        """Run one request: admit it, wait for its first chunk (errors so far become 4xx/5xx; a client
+        that leaves meanwhile cancels it), then stream the rest or collect everything into one body."""
         wire.check_format(fmt)
         self.admission.enter()
         session = _Session(self.admission)
         start = time.perf_counter()
         try:
             session.chunks = make_chunks()
-            first = await _first_chunk(session.chunks)
+            first = await _unless_client_leaves(_first_chunk(session.chunks), request)
             self.counters.record_first_chunk((time.perf_counter() - start) * 1e3)
             headers = {"X-Sample-Rate": str(OUTPUT_SAMPLE_RATE), "X-Audio-Format": fmt}
             media = wire.media_type(fmt, OUTPUT_SAMPLE_RATE)
@@ -158,6 +159,10 @@ class _Server:
             samples = await _collect(first, session.chunks)
             await session.close()
             return Response(wire.whole(samples, fmt, OUTPUT_SAMPLE_RATE), media_type=media, headers=headers)
+        except ClientGone:
+            self.counters.cancelled += 1
+            await session.close()
+            return _error(499, "client_closed", "the client closed the connection before the first chunk")
         except BaseException:
             self.counters.failed += 1
             await session.close()
@@ -228,6 +233,36 @@ class _SessionResponse(StreamingResponse):
             with anyio.CancelScope(shield=True):
                 await self.body_iterator.aclose()
                 await self.session.close()
+
+
+class ClientGone(Exception):
+    """The client disconnected while its request waited for its first chunk."""
+
+
+async def _unless_client_leaves(work, request: Request):
+    """Await `work`, or cancel it (and raise ClientGone) if the client disconnects first: a request
+    queued behind a full engine must not keep its place after its client timed out. The body is
+    read already, so the next ASGI message can only say the client left."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        gone.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise ClientGone()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _first_chunk(chunks: AsyncIterator[AudioChunk]) -> AudioChunk:

@@ -22,7 +22,7 @@ class Exchange:
 async def drive(app, path: str, payload: dict, *, spec_version: str = "2.3",
                 disconnect_after_chunks: Optional[int] = None,
                 first_body: Optional[asyncio.Event] = None,
-                hold: Optional[asyncio.Event] = None) -> Exchange:
+                hold: Optional[asyncio.Event] = None, leave_at_once: bool = False) -> Exchange:
     """POST `payload` as JSON to `path`.
 
     disconnect_after_chunks: after that many non-empty body messages the client goes away: `receive()`
@@ -30,9 +30,12 @@ async def drive(app, path: str, payload: dict, *, spec_version: str = "2.3",
         (what a 2.4 server does on a closed socket).
     first_body: set when the first non-empty body message arrives; hold: if given, the client waits
         for it before disconnecting.
+    leave_at_once: the client disconnects right after sending its request (before any answer).
     """
     data = json.dumps(payload).encode()
     gone = asyncio.Event()
+    if leave_at_once:
+        gone.set()
     sent_request = False
     result = Exchange()
 
@@ -45,7 +48,7 @@ async def drive(app, path: str, payload: dict, *, spec_version: str = "2.3",
         return {"type": "http.disconnect"}
 
     async def send(message):
-        if gone.is_set() and spec_version >= "2.4":
+        if gone.is_set() and spec_version >= "2.4" and not leave_at_once:
             raise OSError("client disconnected")
         if message["type"] == "http.response.start":
             result.status = message["status"]

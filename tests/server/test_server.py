@@ -258,6 +258,16 @@ def test_client_disconnect_cancels_the_request(rt, prompt_b64, spec_version):
     assert app.state.editx.counters.cancelled == 1
 
 
+def test_client_leaving_before_the_first_chunk_cancels_the_request(rt, prompt_b64):
+    """A client that gives up while its request waits (front end, queue, first chunk) frees its place at once."""
+    app = create_app(rt)
+    result = asyncio.run(drive(app, "/v1/clone", clone_body(prompt_b64, sampling={"max_new_tokens": 2000}),
+                               leave_at_once=True))
+    assert result.status == 499 and result.complete
+    assert app.state.editx.counters.cancelled == 1 and app.state.editx.counters.failed == 0
+    assert_idle(rt, app)
+
+
 def test_concurrent_requests_equal_sequential_ones(rt, prompt_b64):
     app = create_app(rt)
     seeds = (11, 12, 13)
