@@ -134,7 +134,9 @@ class StreamRunner:
         """A fresh per-request state object for `job` (RNGs seeded from the job's seed)."""
         device = self.llm.device
         hift_gen = torch.Generator(device=device).manual_seed(job.params.seed + 1)
-        return Request(0, list(job.prompt_ids), job.params, job.params.make_generator(device),
+        # The sampling generator lives on the CPU: the engine draws each row's uniforms there (no kernel
+        # launch per row, `sampling.draw_rows`); the NSF noise generator stays on the device.
+        return Request(0, list(job.prompt_ids), job.params, job.params.make_generator("cpu"),
                        self.decoder.stream(job.voice.conditioning, generator=hift_gen), job.text, priority)
 
     def stream(self, job: Job, priority: int = 0) -> "ChunkStream":

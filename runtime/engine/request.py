@@ -3,7 +3,7 @@
 Everything a request owns lives here — its prompt and generated ids, its RNGs, its
 repetition window, its streaming decoder state and its output queue — never on a shared
 model. `select_next_ids` applies upstream's processors (repetition ban → temperature →
-top-k → multinomial, spec §4.5) to whichever requests the scheduler ran this step, each
+top-k → draw, spec §4.5) to whichever requests the scheduler ran this step, each
 with its own generator, so a request draws exactly the ids it would draw alone.
 """
 from __future__ import annotations
@@ -11,11 +11,11 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
-from .sampling import RepetitionAwareProcessor, SampledVocab, SamplingParams, apply_temperature, sample_rows
+from .sampling import RepetitionAwareProcessor, SampledVocab, SamplingParams, apply_temperature, draw_rows
 from .token2wav import Token2WavStream
 
 # Terminal states; a request ends in exactly one of them.
@@ -103,20 +103,22 @@ def select_next_ids(logits: torch.Tensor, requests: Sequence[Request],
     return out.to(device="cpu").tolist()
 
 
-def _draw(scores: torch.Tensor, temperature: float, top_k: int,
-          generators: Sequence[torch.Generator]) -> torch.Tensor:
+def _draw(scores: torch.Tensor, temperature: float, top_k: int, generators: Sequence[torch.Generator],
+          draw: Callable = draw_rows) -> torch.Tensor:
     """One draw per row from softmax(top_k(scores / temperature)) `[G, V]` (upstream's warpers, ties at
     the k-th value kept) with that row's generator → `[G]` ids.
 
     Only the kept ids have nonzero probability, so the draw runs over them: the same distribution as a
     draw over the whole vocabulary, from ~50 entries instead of 74,752. Dividing by the temperature
-    does not change which ids are kept, so only the kept values are divided. Per step that is 2 passes
-    over the vocabulary instead of ~7 per row (`python benchmarks/e2e/bench_sampling.py`, CPU, 64 rows:
-    181 ms row by row, 39 ms in blocks). Upstream draws over the whole vocabulary; its draws are not
-    reproducible across devices anyway, and the parity fixtures fix the scores before the draw, not the draw.
+    does not change which ids are kept, so only the kept values are divided. The draw itself is one
+    batched inverse-CDF pass for the block (`draw_rows`: no launch per row), so a step costs 2 passes
+    over the vocabulary and ~10 launches whatever the number of rows (`benchmarks/e2e/bench_sampling.py`).
+    Upstream draws over the whole vocabulary with multinomial; its draws are not reproducible across
+    devices anyway, and the parity fixtures fix the scores before the draw, not the draw.
+    `draw` = another `draw_rows`-shaped function (the benchmark's baseline).
     """
     if top_k <= 0:
-        return sample_rows(apply_temperature(scores, temperature), generators)
+        return draw(apply_temperature(scores, temperature), generators)
     k = min(top_k, scores.shape[-1])
     values, ids = torch.topk(scores, k, dim=-1)  # [G, k] descending
     kth = values[:, -1:]
@@ -124,7 +126,7 @@ def _draw(scores: torch.Tensor, temperature: float, top_k: int,
     if kept > k:
         values, ids = torch.topk(scores, kept, dim=-1)
         values = values.masked_fill(values < kth, float("-inf"))  # rows with fewer ties
-    picks = sample_rows(apply_temperature(values, temperature), generators)  # [G] positions in `values`
+    picks = draw(apply_temperature(values, temperature), generators)  # [G] positions in `values`
     return ids.gather(1, picks.view(-1, 1)).view(-1)
 
 

@@ -222,6 +222,31 @@ def sample_rows(scores: torch.Tensor, generators: Sequence[torch.Generator]) -> 
     return torch.cat(draws, dim=0).view(-1)
 
 
+def draw_rows(scores: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """One draw per row from softmax(scores) `[G, n]` -> `[G]` column positions, by inverse CDF: one
+    uniform u per row from that row's generator, then the first column whose cumulative probability
+    exceeds u·total — the textbook inverse-CDF draw (the law of `torch.multinomial`, not its ids for a seed).
+
+    Why not `sample_rows`: a multinomial draw with its own generator is ~3 kernel launches per row; at 64
+    streams that is ~200 launches in every engine step on a GPU. Here the uniforms come from CPU
+    generators (microseconds, no launch), and the device runs softmax, cumsum and searchsorted once
+    for the block. Each row consumes one uniform whatever the block holds, so a request draws the same
+    ids whoever shares its step.
+
+    A Gumbel-max race (one uniform per candidate, argmax) would batch as well, but it needs ~50 uniforms
+    per row and step instead of one, and how many depends on the ties the row keeps.
+    """
+    probs = torch.softmax(scores.float(), dim=-1)  # -inf (not kept) -> probability 0
+    cdf = probs.cumsum(dim=-1)
+    u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64, device=g.device).cpu() for g in generators])
+    total = cdf[:, -1]  # 1 up to rounding
+    # Kept strictly below the total (u * total may round up to it for u within 2^-24 of 1), so some column's
+    # cdf exceeds it; right=True then finds the first such column, which has a nonzero probability (a
+    # zero-probability column's cdf equals the one before it).
+    target = torch.minimum(u.to(device=scores.device, dtype=torch.float32) * total, torch.nextafter(total, total * 0))
+    return torch.searchsorted(cdf, target[:, None], right=True).view(-1)
+
+
 class Sampler:
     """Batched next-token selection for rows with their own SamplingParams and generators."""
 
