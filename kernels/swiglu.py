@@ -1,9 +1,10 @@
 """SwiGLU gate of Step1's MLP: silu(gate) · up in one pass (spec §4.2).
 
-The MLP is down(silu(gate_proj(x)) · up_proj(x)); the two projections stay separate GEMMs
-(upstream's weights), and this kernel replaces the silu and the product, which torch runs as
-two element-wise kernels with an [.., I] intermediate. Rounding as torch: silu in fp32,
-rounded to the activation dtype, then the product rounded.
+The MLP is down(silu(gate_proj(x)) · up_proj(x)); gate and up usually come from one fused [.., 2·I]
+GEMM (`Step1MLP`) as its two halves, views with row stride 2·I, which the kernel reads in place
+(rows are strided, only the last dim must be contiguous). It replaces the silu and the product,
+which torch runs as two element-wise kernels with an [.., I] intermediate. Rounding as torch: silu
+in fp32, rounded to the activation dtype, then the product rounded.
 """
 from __future__ import annotations
 

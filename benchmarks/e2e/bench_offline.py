@@ -72,7 +72,7 @@ def upstream_style_generate(model, ids: list[int], n_tokens: int, bias_vec: torc
         h = model.model.embed_tokens(x)
         for i, layer in enumerate(model.model.layers):
             attn = layer.self_attn
-            q, k, v = attn._project(layer.input_layernorm(h))
+            q, k, v = attn._project(layer.input_layernorm(h), fused=False)  # upstream's three GEMMs
             if caches[i] is not None:
                 k, v = torch.cat([caches[i][0], k], dim=2), torch.cat([caches[i][1], v], dim=2)
             caches[i] = (k, v)
@@ -80,7 +80,7 @@ def upstream_style_generate(model, ids: list[int], n_tokens: int, bias_vec: torc
             bias = alibi_bias_reference(slopes, k.shape[2], q.shape[2], dt)
             o = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
                                                attn_mask=bias)
-            h = layer._mlp_block(h + attn._output(o))
+            h = layer._mlp_block(h + attn._output(o), fused=False)
         logits = model.lm_head(model.model.norm(h[:, -1])).float() + bias_vec
         nxt = int(logits.argmax(-1))
         out.append(nxt)

@@ -155,7 +155,7 @@ def _build_dummy(name: str, config: RuntimeConfig) -> Components:
     if name == "dummy:full" and dev.type == "cpu":
         log.warning("dummy:full on CPU allocates ~%.0f GB and runs very slowly; it is meant for GPU benchmarks",
                     7 if config.dtype != torch.float32 else 14)
-    llm = randomize_(build_step1(spec.llm, dev, config.dtype), seed, depth=spec.llm.num_hidden_layers)
+    llm = build_dummy_llm(spec.llm, dev, config.dtype, seed)
     flow, hift, vq02 = _dummy_stage_models(spec, config)
     gen = torch.Generator().manual_seed(seed + 4)
     centroids = torch.randn(1024, spec.vq02.output_size, generator=gen).to(dev)
@@ -174,6 +174,13 @@ def _build_dummy(name: str, config: RuntimeConfig) -> Components:
         source=name,
         default_max_new_tokens=spec.max_new_tokens,
     )
+
+
+def build_dummy_llm(cfg: Step1Config, device, dtype, seed: int, fuse: bool = True) -> Step1Model:
+    """The dummy presets' LLM: built on its final device and dtype, seeded random weights, then (like
+    `load_step1`) fused projections. Benchmarks use it with cut-down configs."""
+    llm = randomize_(build_step1(cfg, device, dtype), seed, depth=cfg.num_hidden_layers)
+    return llm.fuse_projections() if fuse else llm
 
 
 def _dummy_stage_models(spec: DummySpec, config: RuntimeConfig):

@@ -16,6 +16,10 @@ Two forward paths:
 Attention (bias computed in-kernel, GQA without repeating K/V), RMSNorm (fused with the residual
 add before it) and the SwiGLU gate dispatch through `editx.layers`: Triton kernels on CUDA, the
 PyTorch references elsewhere (`editx.layers.set_kernel_backend` forces either).
+
+`fuse_projections()` (called by the loaders) runs q|k|v and gate|up as one GEMM each, 4 GEMMs per
+layer instead of 7, for `forward` and `forward_paged`; the parameters stay upstream's, as views of
+the fused weights (`editx.models.fused_projections`). `forward_reference` never uses them.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from ..layers.activations import swiglu
 from ..layers.attention import alibi_uses_triton, cached_alibi_attention, paged_alibi_attention
 from ..layers.norms import add_rms_norm, rms_norm
 from ..loading.state_dict import load_checked, read_safetensors_dir, require_file
+from .fused_projections import FusedProjections
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -194,8 +199,10 @@ class Step1RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-class Step1MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+class Step1MLP(FusedProjections):
+    """SwiGLU: down(silu(gate(x)) * up(x)); gate|up run as one [2·I, C] GEMM once fused."""
+
+    fused_names = ("gate_proj", "up_proj")
 
     def __init__(self, hidden_size: int, intermediate_size: int) -> None:
         super().__init__()
@@ -203,12 +210,21 @@ class Step1MLP(nn.Module):
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+    def forward(self, x: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        """x [..., C] -> [..., C]; fused=False runs upstream's two GEMMs even when fused."""
+        weight = self.fused_weight() if fused else None
+        if weight is None:
+            return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+        # [..., 2·I] -> gate, up [..., I]: views with row stride 2·I (the swiglu kernel takes strided rows)
+        gate, up = F.linear(x, weight).split_with_sizes(self.fused_sizes, dim=-1)
+        return self.down_proj(swiglu(gate, up))
 
 
-class Step1Attention(nn.Module):
-    """Grouped-query attention with an additive sqrt-ALiBi bias (no rotary, no other positions)."""
+class Step1Attention(FusedProjections):
+    """Grouped-query attention with an additive sqrt-ALiBi bias (no rotary, no other positions);
+    q|k|v run as one [H·D + 2·G·D, C] GEMM once fused."""
+
+    fused_names = ("q_proj", "k_proj", "v_proj")
 
     def __init__(self, config: Step1Config) -> None:
         super().__init__()
@@ -221,12 +237,19 @@ class Step1Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, kv_dim, bias=False)
         self.o_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
 
-    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _project(self, x: torch.Tensor, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # x: [B, T, C] -> q: [B, H, T, D], k/v: [B, G, T, D] (rows D·g .. D·g+D−1 of k_proj = group g)
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.num_groups, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.num_groups, self.head_dim).transpose(1, 2)
+        weight = self.fused_weight() if fused else None
+        if weight is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            # one GEMM [B, T, H·D + 2·G·D], split into views (row stride H·D + 2·G·D; the attention
+            # kernels and the cache writes take strided rows)
+            q, k, v = F.linear(x, weight).split_with_sizes(self.fused_sizes, dim=-1)
+        q = q.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, t, self.num_groups, self.head_dim).transpose(1, 2)
+        v = v.view(b, t, self.num_groups, self.head_dim).transpose(1, 2)
         return q, k, v
 
     def _output(self, attn: torch.Tensor) -> torch.Tensor:
@@ -280,7 +303,7 @@ class Step1Attention(nn.Module):
 
     def forward_reference(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """Upstream's SDPA fallback path: repeat-interleaved K/V, materialised bias [1, H, T, T]."""
-        q, k, v = self._project(x)
+        q, k, v = self._project(x, fused=False)  # upstream's three GEMMs: see Step1Model.forward_reference
         repeat = self.num_heads // self.num_groups
         k = k.repeat_interleave(repeat, dim=1)
         v = v.repeat_interleave(repeat, dim=1)
@@ -297,14 +320,14 @@ class Step1DecoderLayer(nn.Module):
         self.input_layernorm = Step1RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = Step1RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def _mlp_block(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def _mlp_block(self, h: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        return h + self.mlp(self.post_attention_layernorm(h), fused)
 
-    def _residual_mlp_block(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    def _residual_mlp_block(self, x: torch.Tensor, attn: torch.Tensor, fused: bool = True) -> torch.Tensor:
         # `_mlp_block(x + attn)` with the add and the RMSNorm in one pass (fused on CUDA)
         norm = self.post_attention_layernorm
         y, h = add_rms_norm(x, attn, norm.weight, norm.eps)
-        return h + self.mlp(y)
+        return h + self.mlp(y, fused)
 
     def forward_cached(self, x: torch.Tensor, k_cache, v_cache, batch_index, write_pos, bias, slopes=None,
                        key_len=None) -> torch.Tensor:
@@ -313,7 +336,8 @@ class Step1DecoderLayer(nn.Module):
         return self._residual_mlp_block(x, attn)
 
     def forward_reference(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        return self._residual_mlp_block(x, self.self_attn.forward_reference(self.input_layernorm(x), bias))
+        attn = self.self_attn.forward_reference(self.input_layernorm(x), bias)
+        return self._residual_mlp_block(x, attn, fused=False)
 
     def forward_paged(self, x: torch.Tensor, k_pool, v_pool, batch, slopes, backend: str) -> torch.Tensor:
         return self._residual_mlp_block(x, self.self_attn.forward_paged(self.input_layernorm(x), k_pool, v_pool, batch,
@@ -361,6 +385,28 @@ class Step1Model(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.lm_head.weight.device
+
+    def fuse_projections(self) -> Step1Model:
+        """Run every layer's q|k|v and gate|up as one GEMM each (`editx.models.fused_projections`):
+        same parameter names and state dict, no extra memory. Idempotent; the loaders call it once the
+        model has its final device and dtype. Returns self."""
+        for module in self._fusable():
+            module.fuse_projections()
+        return self
+
+    def unfuse_projections(self) -> Step1Model:
+        """Back to upstream's seven GEMMs per layer (one storage per projection). Returns self."""
+        for module in self._fusable():
+            module.unfuse_projections()
+        return self
+
+    @property
+    def projections_fused(self) -> bool:
+        """True when every layer's projections run fused (False after unfusing or a detected change)."""
+        return all(module.projections_fused for module in self._fusable())
+
+    def _fusable(self) -> list[FusedProjections]:
+        return [m for m in self.modules() if isinstance(m, FusedProjections)]
 
     def slopes(self, device: torch.device) -> torch.Tensor:
         """fp32 ALiBi slopes [H] on `device` (copied once per device, before any graph capture)."""
@@ -480,7 +526,12 @@ class Step1Model(nn.Module):
 
     # -- reference path ------------------------------------------------------------------
     def forward_reference(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Upstream's full causal forward without a cache: input_ids [B, T] -> logits [B, T, V]."""
+        """Upstream's full causal forward without a cache: input_ids [B, T] -> logits [B, T, V].
+
+        Always unfused, also on a fused model: it is the oracle the fast paths are tested against, and
+        a fused GEMM may block its sums differently (another N), so it would no longer be upstream's
+        op sequence nor an independent check of the fusion.
+        """
         self._check_ids(input_ids)
         steps = input_ids.shape[1]
         bias = alibi_bias_reference(self.slopes(self.device), steps, steps, self.dtype)
@@ -527,11 +578,14 @@ def build_step1(config: Step1Config, device: Any = "cpu", dtype: Any = torch.flo
     return model.to(dtype=dt).to_empty(device=dev).eval()
 
 
-def load_step1(model_dir: str | Path, device: Any = "cpu", dtype: Any = torch.bfloat16) -> tuple[Step1Model, Step1Config]:
+def load_step1(model_dir: str | Path, device: Any = "cpu", dtype: Any = torch.bfloat16, *,
+               fuse: bool = True) -> tuple[Step1Model, Step1Config]:
     """Load the LLM from an HF model dir (`config.json` + safetensors, single file or index + shards).
 
     Every key and shape is checked (CheckpointError naming the keys); bf16 or fp32 files
-    are cast to `dtype`. Returns the model in eval mode and its config.
+    are cast to `dtype`. With `fuse` (default) the projections are fused once the weights are in
+    place on their final device and dtype (`Step1Model.fuse_projections`). Returns the model in eval
+    mode and its config.
     """
     d = Path(model_dir)
     if not d.is_dir():
@@ -540,4 +594,7 @@ def load_step1(model_dir: str | Path, device: Any = "cpu", dtype: Any = torch.bf
     model = build_step1(config, device, dtype)
     state = read_safetensors_dir(d, what=f"Step1 LLM weights in {d}")
     load_checked(model, state, what=f"Step1 LLM weights in {d}")
+    del state  # the file's tensors: freed before fusing copies the projections (one layer at a time)
+    if fuse:
+        model.fuse_projections()
     return model, config

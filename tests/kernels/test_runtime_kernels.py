@@ -1,6 +1,7 @@
 """The runtime with every kernel forced on equals the reference path (dummy:tiny, and Step1 model level)."""
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -63,20 +64,38 @@ def test_step1_static_cache_path_with_kernels_matches_reference(step1):
         torch.testing.assert_close(g, r, atol=LOGITS_ATOL, rtol=0)
 
 
-def test_step1_paged_path_with_kernels_matches_reference(step1):
+def _paged_run(model, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A packed prefill of three ragged sequences, then one packed decode step: both steps' logits."""
     block_size = 5
     chunks = [SequenceChunk(list(range(10, 27)), 0, [3, 0, 7, 1]), SequenceChunk([44], 0, [2]),
               SequenceChunk([9, 8, 7], 0, [5])]
-    outs = {}
-    for backend in ("triton", "reference"):
-        cache = PagedKVCache.for_model(step1, num_blocks=8, block_size=block_size)
-        with torch.no_grad(), kernel_backend(backend):
-            first = step1.forward_paged(PagedBatch.build(chunks, block_size, DEVICE), cache)
-            decode = [SequenceChunk([11], 17, [3, 0, 7, 1]), SequenceChunk([12], 1, [2]),
-                      SequenceChunk([13], 3, [5])]
-            second = step1.forward_paged(PagedBatch.build(decode, block_size, DEVICE), cache)
-        outs[backend] = (first, second)
-    for g, r in zip(outs["triton"], outs["reference"]):
+    cache = PagedKVCache.for_model(model, num_blocks=8, block_size=block_size)
+    with torch.no_grad(), kernel_backend(backend):
+        first = model.forward_paged(PagedBatch.build(chunks, block_size, DEVICE), cache)
+        decode = [SequenceChunk([11], 17, [3, 0, 7, 1]), SequenceChunk([12], 1, [2]),
+                  SequenceChunk([13], 3, [5])]
+        second = model.forward_paged(PagedBatch.build(decode, block_size, DEVICE), cache)
+    return first, second
+
+
+def test_step1_paged_path_with_kernels_matches_reference(step1):
+    for g, r in zip(_paged_run(step1, "triton"), _paged_run(step1, "reference")):
+        torch.testing.assert_close(g, r, atol=LOGITS_ATOL, rtol=0)
+
+
+def test_fused_step1_with_kernels_matches_unfused_reference(step1):
+    """Fused projections feed the kernels strided views: q/k/v rows of the [.., H·D + 2·G·D] output
+    (attention kernel, cache writes) and the gate/up halves of the [.., 2·I] output (swiglu kernel)."""
+    fused = copy.deepcopy(step1).fuse_projections()
+    assert fused.projections_fused and not step1.projections_fused
+    rows = [[5 + (7 * i) % 250 for i in range(n)] for n in (3, 20)]
+    with torch.no_grad():
+        with kernel_backend("triton"):
+            got = _static_run(fused, rows, extra=3)
+        with kernel_backend("reference"):
+            ref = _static_run(step1, rows, extra=3)
+    # fp32: summation order of kernels and of the fused GEMM only (~1e-6); the same bound as above
+    for g, r in zip(got + list(_paged_run(fused, "triton")), ref + list(_paged_run(step1, "reference"))):
         torch.testing.assert_close(g, r, atol=LOGITS_ATOL, rtol=0)
 
 
