@@ -15,12 +15,13 @@
 # PY=.venv/bin/python benchmarks/gpu_check.sh` (with pybind11 + cmake in that venv)
 # dry-runs the same steps on the CPU (kernels under the Triton interpreter, tiny shapes).
 #
-# Output under $OUT (default ./out/gpu_check), 7 files: gpu_check.log (environment first, then
+# Output under $OUT (default ./out/gpu_check), 8 files: gpu_check.log (environment first, then
 # everything printed), kernels.json (all kernel benchmarks), offline.json, stream.json + .svg
 # (decoder worker on, the default), stream_inline.json (decoder items inside the engine step, same
 # run: the overlap's effect), decoder.json (decoder_slots: packed caches vs the DiT slot pool with
 # CUDA graphs; profile_decoder(_slots): where a chunk's time goes, packed caches / the slot pool; decoder_batch: batched vs per-stream chunks;
-# sampling: the engine's per-step sampling, blocks vs rows).
+# sampling: the engine's per-step sampling, blocks vs rows), llm_step.json (one LLM decode step and a
+# 300-token prefill, unfused vs fused q|k|v and gate|up projections, eager and CUDA-graphed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu_check}
@@ -38,8 +39,8 @@ export PYTHONFAULTHANDLER=1
 status=0
 DEADLINE=${DEADLINE:-560}  # seconds: a step never runs past it (the device call's timeout sits above it)
 # STEPS: the step keys to run (default all; the install always runs), e.g. STEPS="offline decoder_batch
-# kernel_bench" for a second, shorter run: install engine_tests decoder_slots stream kernel_tests
-# stream_inline profile offline sampling decoder_batch kernel_bench.
+# kernel_bench llm_step" for a second, shorter run: install engine_tests decoder_slots stream kernel_tests
+# stream_inline profile offline sampling decoder_batch kernel_bench llm_step.
 step() {  # step <key> <seconds> <title> <command...>: time-boxed (also by DEADLINE), logged, failure recorded
   local key=$1 limit=$2 title=$3; shift 3
   if [ -n "${STEPS:-}" ] && [ "$key" != install ] && [[ " $STEPS " != *" $key "* ]]; then return; fi
@@ -100,6 +101,10 @@ for name in ${KERNEL_BENCHES:-$(cd benchmarks/kernels && ls bench_*.py | sed 's/
   step kernel_bench 30 "kernel benchmark ${name#bench_}" env $KENV $PY "$bench" --device "$DEVICE" $KQUICK \
       --out "$OUT/.parts/kernels/${name#bench_}.json"
 done
+# Fused vs unfused LLM projections (bf16: the dtype the runtime decodes in on CUDA), eager and graphed.
+step llm_step 90 "LLM step benchmark, fused vs unfused projections: $MODEL bf16 on $DEVICE" $PY \
+    benchmarks/e2e/bench_llm_step.py --model "$MODEL" --device "$DEVICE" --dtype bfloat16 \
+    ${LLM_LAYERS:+--layers "$LLM_LAYERS"} --out "$OUT/llm_step.json"
 $PY - "$OUT" <<'EOF2' >> "$LOG" 2>&1
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])

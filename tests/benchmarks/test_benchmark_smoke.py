@@ -69,3 +69,15 @@ def test_sampling_benchmark_runs(tmp_path):
     run("bench_sampling.py", "--rows", "1", "3", "--out", str(out))
     levels = json.loads(out.read_text())["levels"]
     assert [lv["rows"] for lv in levels] == [1, 3] and all(lv["speedup"] > 0 for lv in levels)
+
+
+def test_llm_step_benchmark_runs(tmp_path):
+    out = tmp_path / "llm_step.json"
+    run("bench_llm_step.py", "--model", "dummy:tiny", "--layers", "1", "--prefill", "20", "--repeats", "2",
+        "--rounds", "1", "--out", str(out))
+    payload = json.loads(out.read_text())
+    assert payload["layers"] == 1 and payload["gemms_per_layer"] == {"unfused": 7, "fused": 4}
+    assert set(payload["speedup_fused"]) == {"prefill", "decode_eager"}  # + decode_graphed on CUDA
+    assert all(r["median"] > 0 and r["min"] > 0 for r in payload["speedup_fused"].values())
+    # fp32 on the CPU: the same dot products, summed in another blocking at most
+    assert max(payload["max_abs_logit_diff"].values()) < 1e-4
