@@ -81,3 +81,16 @@ def test_llm_step_benchmark_runs(tmp_path):
     assert all(r["median"] > 0 and r["min"] > 0 for r in payload["speedup_fused"].values())
     # fp32 on the CPU: the same dot products, summed in another blocking at most
     assert max(payload["max_abs_logit_diff"].values()) < 1e-4
+
+
+def test_server_benchmark_runs_api_and_http_paths(tmp_path):
+    if not AUDIO.is_file():
+        pytest.skip("speech clips not found (../shared/audio)")
+    out = tmp_path / "server.json"
+    run("bench_server.py", "--concurrency", "1", "--rounds", "1", "--tokens", "20", "--prompt-audio", str(AUDIO),
+        "--out", str(out), timeout=400)
+    paths = json.loads(out.read_text())["paths"]
+    assert set(paths) == {"api", "http", "http_voice"}
+    for name in ("http", "http_voice"):
+        (level,) = paths[name]
+        assert level["concurrency"] == 1 and level["audio_s"] > 0 and level["ttfa_vs_api"] > 0
