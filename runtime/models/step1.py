@@ -575,7 +575,7 @@ def build_step1(config: Step1Config, device: Any = "cpu", dtype: Any = torch.flo
     dev, dt = check_device(device), check_dtype(dtype)
     with torch.device("meta"):
         model = Step1Model(config)
-    return model.to(dtype=dt).to_empty(device=dev).eval()
+    return model.to(dtype=dt).to_empty(device=dev).eval().requires_grad_(False)  # inference only: no autograd, fused GEMMs in any grad mode
 
 
 def load_step1(model_dir: str | Path, device: Any = "cpu", dtype: Any = torch.bfloat16, *,

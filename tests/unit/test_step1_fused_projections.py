@@ -304,11 +304,13 @@ def test_deep_copy_of_a_fused_model_computes_with_its_own_weights():
 
 
 def test_autograd_reaches_the_projections_of_a_fused_model():
-    """The fused weight is not a Parameter: with grad enabled the projections run one by one, so every
-    Parameter gets its gradient (inference runs under inference_mode / no_grad and stays fused)."""
+    """The fused weight is not a Parameter: with grad enabled and trainable weights the projections run one
+    by one, so every Parameter gets its gradient (inference models have requires_grad off and stay fused)."""
     cfg = CONFIGS["gqa"]
     x = torch.randn(2, 5, cfg.hidden_size, generator=torch.Generator().manual_seed(4))
-    layers = [random_model(cfg).fuse_projections().model.layers[0], random_model(cfg).model.layers[0]]
+    # build_step1 makes inference models (requires_grad off); someone fine-tuning turns it back on
+    layers = [random_model(cfg).requires_grad_(True).fuse_projections().model.layers[0],
+              random_model(cfg).requires_grad_(True).model.layers[0]]
     for layer in layers:
         with CountGemms() as count:
             q, k, v = layer.self_attn._project(x)
@@ -344,3 +346,17 @@ def test_loaders_fuse_after_device_and_dtype(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(
         dummy.state_dict().values(), build_dummy_llm(cfg, torch.device("cpu"), torch.float32, 0, fuse=False)
         .state_dict().values()))
+
+
+def test_built_models_are_inference_only_and_run_fused_with_grad_enabled():
+    """build_step1 (every loader) turns requires_grad off, so a caller that forgot inference_mode still gets
+    the fused GEMMs (and no autograd graph)."""
+    cfg = CONFIGS["gqa"]
+    model = random_model(cfg).fuse_projections()
+    assert not any(p.requires_grad for p in model.parameters())
+    x = torch.randn(1, 3, cfg.hidden_size, generator=torch.Generator().manual_seed(5))
+    assert torch.is_grad_enabled()
+    with CountGemms() as count:
+        model.model.layers[0].self_attn._project(x)
+        out = model.model.layers[0].mlp(x)
+    assert count.calls == 1 + 2 and not out.requires_grad
