@@ -15,6 +15,10 @@ import torch
 
 _START = time.perf_counter()
 
+# The clone prompt every end-to-end benchmark uses by default (a real speech clip from ../shared/audio).
+DEFAULT_PROMPT = Path(__file__).resolve().parents[2] / "shared" / "audio" / "zero_shot_en_prompt.wav"
+PROMPT_TEXT = "His political stance was conservative, and he was particularly close to margaret thatcher."
+
 
 def progress(message: str) -> None:
     """One progress line on stderr, stamped with seconds since the benchmark started (long GPU runs)."""

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import copy_bandwidth_gbs, environment, finish, progress, result_path, sync, time_ms  # noqa: E402
+from common import (DEFAULT_PROMPT, PROMPT_TEXT, copy_bandwidth_gbs,  # noqa: E402
+                    environment, finish, progress, result_path, sync, time_ms)
 
 from editx import Runtime  # noqa: E402
 from editx.engine.generate import audio_logit_bias, generate, prefill  # noqa: E402
@@ -34,9 +35,6 @@ from editx.models.flow import reshape_mixed_tokens  # noqa: E402
 from editx.models.step1 import alibi_bias_reference  # noqa: E402
 from editx.models.text import clone_speaker_id, encode_clone_prompt  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_PROMPT = REPO.parent / "shared" / "audio" / "zero_shot_en_prompt.wav"
-DEFAULT_PROMPT_TEXT = "His political stance was conservative, and he was particularly close to margaret thatcher."
 DEFAULT_TEXT = "The quick brown fox jumps over the lazy dog, and then it runs far away into the green forest."
 AUDIO_TOKENS_PER_S = 41.667
 
@@ -48,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, help="LLM dtype (default bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--decoder-dtype", default="float32")
     p.add_argument("--prompt-audio", default=str(DEFAULT_PROMPT))
-    p.add_argument("--prompt-text", default=DEFAULT_PROMPT_TEXT)
+    p.add_argument("--prompt-text", default=PROMPT_TEXT)
     p.add_argument("--text", default=DEFAULT_TEXT)
     p.add_argument("--tokens", type=int, default=200, help="audio tokens to decode (41.67 per second of audio)")
     p.add_argument("--repeats", type=int, default=3)

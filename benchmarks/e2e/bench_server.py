@@ -31,11 +31,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import environment, finish, progress, result_path  # noqa: E402
+from common import DEFAULT_PROMPT, PROMPT_TEXT, environment, finish, progress, result_path  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_PROMPT = REPO.parent / "shared" / "audio" / "zero_shot_en_prompt.wav"
-PROMPT_TEXT = "His political stance was conservative, and he was particularly close to margaret thatcher."
 TEXT = "The quick brown fox jumps over the lazy dog."
 RATE = 24000
 

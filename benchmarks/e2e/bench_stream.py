@@ -24,14 +24,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import environment, print_table, progress, result_path, write_json, write_svg_plot  # noqa: E402
+from common import (DEFAULT_PROMPT, PROMPT_TEXT, environment,  # noqa: E402
+                    print_table, progress, result_path, write_json, write_svg_plot)
 
 from editx import Runtime  # noqa: E402
 from editx.models.interleave import llm_ids_to_mixed  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_PROMPT = REPO.parent / "shared" / "audio" / "zero_shot_en_prompt.wav"
-PROMPT_TEXT = "His political stance was conservative, and he was particularly close to margaret thatcher."
 TEXT = "The quick brown fox jumps over the lazy dog."
 
 

@@ -292,26 +292,25 @@ def _error(status: int, kind: str, message: str, headers: Optional[dict] = None)
     return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers)
 
 
+def _handler(status: int, kind: str):
+    async def handle(_request, exc: Exception) -> JSONResponse:
+        return _error(status, kind, str(exc))
+
+    return handle
+
+
+# Most specific first: UnknownVoice is an InvalidInputError, CheckpointError an EditXError.
+_STATUS = ((UnknownVoice, 404, "unknown_voice"), (InvalidInputError, 400, "invalid_input"),
+           (CheckpointError, 500, "model_error"), (EditXError, 500, "server_error"))
+
+
 def _install_error_handlers(app: FastAPI, config: ServerConfig) -> None:
     @app.exception_handler(Overloaded)
     async def overloaded(_request, exc: Overloaded):
         return _error(503, "overloaded", str(exc), {"Retry-After": str(config.retry_after_s)})
 
-    @app.exception_handler(UnknownVoice)
-    async def unknown_voice(_request, exc: UnknownVoice):
-        return _error(404, "unknown_voice", str(exc))
-
-    @app.exception_handler(InvalidInputError)
-    async def invalid(_request, exc: InvalidInputError):
-        return _error(400, "invalid_input", str(exc))
-
-    @app.exception_handler(CheckpointError)
-    async def checkpoint(_request, exc: CheckpointError):
-        return _error(500, "model_error", str(exc))
-
-    @app.exception_handler(EditXError)
-    async def editx_error(_request, exc: EditXError):
-        return _error(500, "server_error", str(exc))
+    for exc_type, status, kind in _STATUS:
+        app.add_exception_handler(exc_type, _handler(status, kind))
 
     @app.exception_handler(RequestValidationError)
     async def validation(_request, exc: RequestValidationError):
