@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,11 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-requests", type=int, default=None,
                    help="requests in flight before new ones get 503 (default 4 x --max-num-seqs)")
     p.add_argument("--max-num-seqs", type=int, default=64, help="streams the engine decodes together")
+    p.add_argument("--api-key-env", default=None, metavar="VAR",
+                   help="require 'Authorization: Bearer <key>' on /v1/ requests, the key read from this "
+                        "environment variable (not a flag: command lines are visible to every user)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="browser origin allowed to call the server (repeatable; '*' for any)")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip capturing the CUDA graphs before accepting requests (first requests pay it)")
 
@@ -161,9 +167,16 @@ def load_runtime(args: argparse.Namespace, report, **overrides):
 
 def serve(args: argparse.Namespace, report) -> list[Path]:
     """`editx serve`: load once, warm up, then serve HTTP until interrupted (Ctrl-C / SIGTERM)."""
+    from .errors import InvalidInputError
     from .server import ServerConfig, create_app
 
-    config = ServerConfig(max_requests=args.max_requests)  # validated before the model loads
+    key = None
+    if args.api_key_env is not None:
+        key = os.environ.get(args.api_key_env)
+        if not key:
+            raise InvalidInputError(f"--api-key-env: environment variable {args.api_key_env} is not set or empty")
+    # validated before the model loads
+    config = ServerConfig(max_requests=args.max_requests, api_key=key, cors_origins=tuple(args.cors_origin))
     try:
         import uvicorn
     except ImportError as exc:

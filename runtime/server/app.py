@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hmac
 import logging
 import time
 from typing import AsyncIterator, Callable, Optional
@@ -318,6 +319,14 @@ def _install_error_handlers(app: FastAPI, config: ServerConfig) -> None:
         return _error(422, "invalid_request", problems)
 
     app.add_middleware(_BodyLimit, max_bytes=config.max_body_bytes)
+    if config.api_key is not None:
+        app.add_middleware(_BearerAuth, key=config.api_key)
+    if config.cors_origins:  # added last = outermost: preflight requests carry no credentials
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=["X-Sample-Rate", "X-Audio-Format"])
 
 
 class _BodyLimit:
@@ -334,6 +343,24 @@ class _BodyLimit:
             if length.isdigit() and int(length) > self.max_bytes:
                 response = _error(413, "too_large", f"request body of {int(length)} bytes exceeds the limit of "
                                                     f"{self.max_bytes} bytes")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _BearerAuth:
+    """401 unless a /v1/ request carries `Authorization: Bearer <key>` (constant-time comparison);
+    /health stays open. Plain ASGI, like `_BodyLimit`."""
+
+    def __init__(self, app, key: str) -> None:
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = _error(401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                  {"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

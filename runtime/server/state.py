@@ -34,18 +34,32 @@ class ServerConfig:
     max_body_bytes: largest request body (base64 audio grows 4/3: 64 MB ~ 48 MB of audio file).
     max_voice_bytes: decoded samples the voice registry keeps (LRU; 256 MB ~ 23 minutes at 48 kHz).
     retry_after_s: the Retry-After a 503 carries.
+    api_key: if set, every /v1/ request must send `Authorization: Bearer <api_key>` (401 otherwise);
+        /health stays open for load balancers.
+    cors_origins: browser origins allowed to call the server (e.g. "https://app.example.com", or "*");
+        empty = no CORS headers (same-origin and non-browser clients only).
     """
 
     max_requests: int | None = None
     max_body_bytes: int = 64 * 2**20
     max_voice_bytes: int = 256 * 2**20
     retry_after_s: int = 1
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_voice_bytes", "retry_after_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise InvalidInputError(f"ServerConfig.{name}: expected a positive int, got {value!r}")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or len(self.api_key) < 8
+                                         or any(c.isspace() for c in self.api_key)):
+            raise InvalidInputError("ServerConfig.api_key: expected a string of at least 8 characters without "
+                                    "spaces")
+        if isinstance(self.cors_origins, str) or not all(isinstance(o, str) and o for o in self.cors_origins):
+            raise InvalidInputError(f"ServerConfig.cors_origins: expected a sequence of origins, got "
+                                    f"{self.cors_origins!r}")
+        self.cors_origins = tuple(self.cors_origins)
         if self.max_requests is not None and (isinstance(self.max_requests, bool)
                                               or not isinstance(self.max_requests, int) or self.max_requests < 1):
             raise InvalidInputError(f"ServerConfig.max_requests: expected a positive int or None, "

@@ -216,11 +216,45 @@ def test_body_over_the_limit_is_413(rt, prompt_b64):
     assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
 
 
+def test_api_key_guards_v1_but_not_health(rt, prompt_b64):
+    keyed = TestClient(create_app(rt, ServerConfig(api_key="s3cret-key")))
+    assert keyed.get("/health").status_code == 200  # load balancers probe without credentials
+    for headers in ({}, {"Authorization": "Bearer wrong-key!"}, {"Authorization": "s3cret-key"}):
+        r = keyed.get("/v1/info", headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", headers
+        assert "API key" in r.json()["error"]["message"]
+    assert keyed.post("/v1/clone", json=clone_body(prompt_b64)).status_code == 401  # refused before any work
+    good = {"Authorization": "Bearer s3cret-key"}
+    assert keyed.get("/v1/info", headers=good).status_code == 200
+    r = keyed.post("/v1/clone", json=clone_body(prompt_b64, sampling={"max_new_tokens": 20}), headers=good)
+    assert r.status_code == 200 and r.content[:4] == b"RIFF"
+
+
+def test_cors_allows_the_configured_origins_only(rt):
+    app = create_app(rt, ServerConfig(cors_origins=("https://app.example.com",), api_key="s3cret-key"))
+    client = TestClient(app)
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    ok = client.options("/v1/clone", headers={"Origin": "https://app.example.com", **preflight})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://app.example.com"
+    other = client.options("/v1/clone", headers={"Origin": "https://evil.example.com", **preflight})
+    assert "access-control-allow-origin" not in other.headers
+    r = client.get("/v1/info", headers={"Origin": "https://app.example.com", "Authorization": "Bearer s3cret-key"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "x-sample-rate" in r.headers["access-control-expose-headers"].lower()  # a browser may read the rate
+    assert "access-control-allow-origin" not in TestClient(create_app(rt)).get(
+        "/v1/info", headers={"Origin": "https://app.example.com"}).headers  # no CORS unless configured
+
+
 def test_server_config_is_validated():
     with pytest.raises(ValueError, match="max_requests"):
         ServerConfig(max_requests=0)
     with pytest.raises(ValueError, match="max_body_bytes"):
         ServerConfig(max_body_bytes=-5)
+    with pytest.raises(ValueError, match="api_key"):
+        ServerConfig(api_key="short")
+    with pytest.raises(ValueError, match="cors_origins"):
+        ServerConfig(cors_origins="https://app.example.com")  # a bare string, not a sequence of origins
 
 
 # -------------------------------------------------------------------------------------------
@@ -346,3 +380,11 @@ def test_editx_serve_answers_http(prompt_b64):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_editx_serve_refuses_a_missing_api_key_before_loading():
+    env = {k: v for k, v in os.environ.items() if k != "EDITX_TEST_NO_SUCH_KEY"}
+    proc = subprocess.run([sys.executable, "-m", "editx.cli", "serve", "--model", "dummy:tiny", "--api-key-env",
+                           "EDITX_TEST_NO_SUCH_KEY"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "EDITX_TEST_NO_SUCH_KEY is not set" in proc.stderr
+    assert "loading" not in proc.stderr  # failed before spending time on the model
