@@ -51,7 +51,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of upstream's sampling")
     p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated LLM tokens")
     p.add_argument("--output-dir", default="./output_dir", help="where WAVs are written")
-    p.add_argument("--output", default=None, help="exact output path (clone, or the last edit iteration)")
+    p.add_argument("--output", default=None,
+                   help="exact output path (clone, or the last edit iteration); '-' writes the WAV to stdout "
+                        "(with --stream chunk by chunk, e.g. piped into a player)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stream", action="store_true",
                       help="write the WAV chunk by chunk as audio is produced (first audio on disk early)")
@@ -130,7 +132,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         else:
             audio = rt.clone(args.prompt_audio, args.prompt_text, args.text, seed=args.seed, sampling=sampling,
                              stream=not args.offline)
-            written.append(audio.save(target))
+            written.append(save(audio, target))
     elif args.stream:
         report(f"editing ({args.edit_type}, streaming the last of {args.n_edit_iter} iteration(s))")
         chunks = rt.stream_edit(args.prompt_audio, args.prompt_text, args.edit_type, args.edit_info,
@@ -145,10 +147,10 @@ def run(args: argparse.Namespace) -> list[Path]:
                           stream=not args.offline)
         for k, audio in enumerate(results, start=1):
             last = k == len(results)
-            path = args.output if (args.output and last) else out_dir / f"{stem}_edited_iter{k}.wav"
-            written.append(audio.save(path))
+            path = Path(args.output) if (args.output and last) else out_dir / f"{stem}_edited_iter{k}.wav"
+            written.append(save(audio, path))
     for path in written:
-        report(f"wrote {path}")
+        report("wrote the WAV to stdout" if path == STDOUT else f"wrote {path}")
     return written
 
 
@@ -196,19 +198,57 @@ def serve(args: argparse.Namespace, report) -> list[Path]:
     return []
 
 
+STDOUT = Path("-")
+
+
 def write_stream(chunks, path: Path, report) -> Path:
-    """Append each AudioChunk to a 16-bit WAV as it arrives (readable while it grows)."""
+    """Append each AudioChunk to a 16-bit WAV as it arrives (readable while it grows); `-` = stdout."""
     import numpy as np
     import soundfile as sf
 
+    if path == STDOUT:
+        return _stream_to_stdout(chunks, report)
     path.parent.mkdir(parents=True, exist_ok=True)
     with sf.SoundFile(str(path), "w", samplerate=24000, channels=1, subtype="PCM_16") as f:
         for chunk in chunks:
             f.write(np.clip(chunk.samples, -1.0, 1.0))
             f.flush()
-            report(f"chunk {chunk.index}: {chunk.samples.size / chunk.sample_rate:.2f} s"
-                   + (" (last)" if chunk.is_last else ""))
+            _report_chunk(report, chunk)
     return path
+
+
+def _stream_to_stdout(chunks, report) -> Path:
+    """A WAV with an open-ended header (sizes unknown until the end) then each chunk's PCM16, flushed
+    as it arrives: `editx clone ... --stream --output - | ffplay -` starts playing at the first chunk."""
+    from .server.wire import pcm16, wav_header
+
+    out = sys.stdout.buffer
+    try:
+        out.write(wav_header(24000, None))
+        for chunk in chunks:
+            out.write(pcm16(chunk.samples))
+            out.flush()
+            _report_chunk(report, chunk)
+    except BrokenPipeError:  # the reader (a player, `head`) went away: stop generating, exit quietly
+        getattr(chunks, "close", lambda: None)()  # cancels the request
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        report("stdout closed by the reader: stopped")
+    return STDOUT
+
+
+def _report_chunk(report, chunk) -> None:
+    report(f"chunk {chunk.index}: {chunk.samples.size / chunk.sample_rate:.2f} s" + (" (last)" if chunk.is_last else ""))
+
+
+def save(audio, path: Path) -> Path:
+    """`audio.save(path)`, or the whole WAV to stdout for `-`."""
+    if path != STDOUT:
+        return audio.save(path)
+    from .server.wire import whole
+
+    sys.stdout.buffer.write(whole(audio.samples, "wav", audio.sample_rate))
+    sys.stdout.buffer.flush()
+    return STDOUT
 
 
 def _validate_early(args: argparse.Namespace) -> None:

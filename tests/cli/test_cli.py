@@ -1,6 +1,7 @@
 """The `editx` command line, end to end on dummy:tiny."""
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,36 @@ def test_offline_flag_runs_upstreams_decoder(tmp_path):
                "--text", "Hi.", "--max-new-tokens", "30", "--offline", "--output", str(tmp_path / "o.wav"), "--quiet"])
     assert rc == 0
     _check_wav(tmp_path / "o.wav")
+
+
+def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "editx.cli", *args], capture_output=True, timeout=300, **kwargs)
+
+
+def test_output_dash_streams_the_wav_to_stdout(tmp_path):
+    """`--stream --output -` writes an open-ended WAV to stdout chunk by chunk (progress stays on stderr):
+    the same samples as the streamed file; without --stream, the whole WAV."""
+    common = ["clone", "--model", "dummy:tiny", "--prompt-audio", str(PROMPT), "--prompt-text", "A prompt.",
+              "--text", "Hi there.", "--max-new-tokens", "60", "--seed", "4"]
+    streamed = _cli(*common, "--stream", "--output", "-")
+    assert streamed.returncode == 0, streamed.stderr[-2000:]
+    assert streamed.stdout[:4] == b"RIFF" and b"chunk 0" in streamed.stderr
+    assert main([*common, "--stream", "--quiet", "--output", str(tmp_path / "s.wav")]) == 0
+    piped, sr = sf.read(io.BytesIO(streamed.stdout), dtype="int16")
+    on_disk, _ = sf.read(str(tmp_path / "s.wav"), dtype="int16")
+    assert sr == 24000 and len(piped) > 0 and np.abs(piped.astype(int) - on_disk).max() <= 1  # libsndfile rounding
+    whole = _cli(*common, "--quiet", "--output", "-")
+    assert whole.returncode == 0 and whole.stdout[:4] == b"RIFF"
+    assert int.from_bytes(whole.stdout[40:44], "little") == len(whole.stdout) - 44  # exact sizes
+
+
+def test_a_reader_closing_stdout_stops_the_stream_quietly():
+    cmd = [sys.executable, "-m", "editx.cli", "clone", "--model", "dummy:tiny", "--prompt-audio", str(PROMPT),
+           "--prompt-text", "A prompt.", "--text", "A longer sentence to speak here.", "--max-new-tokens", "400",
+           "--stream", "--output", "-"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.read(100)[:4] == b"RIFF"  # the header and the first chunk arrived
+    proc.stdout.close()  # the player quits
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0, err[-2000:]
+    assert "stopped" in err and "Traceback" not in err
