@@ -109,12 +109,16 @@ def run_level(rt: Runtime, prompt, n: int, tokens: int, cached: bool) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    ttfa = [r["ttfa_ms"] for r in records]
-    parts = {name: statistics.median(r["ttfa_parts_ms"][name] for r in records if name in r["ttfa_parts_ms"])
-             for name, _ in TTFA_PARTS if any(name in r["ttfa_parts_ms"] for r in records)}
+    # A random-weight model may stop after a few ids (EOS drawn early: no audio frame, an empty last chunk):
+    # such a request has no first audio and no RTF, so it is counted, not averaged in as NaN.
+    voiced = [r for r in records if r["audio_s"] > 0]
+    ttfa = [r["ttfa_ms"] for r in voiced]
+    parts = {name: statistics.median(r["ttfa_parts_ms"][name] for r in voiced if name in r["ttfa_parts_ms"])
+             for name, _ in TTFA_PARTS if any(name in r["ttfa_parts_ms"] for r in voiced)}
     return {"concurrency": n, "voice": "cached" if cached else "cold",
             "ttfa_ms_p50": percentile(ttfa, 50), "ttfa_ms_p90": percentile(ttfa, 90),
-            "ttfa_ms_p99": percentile(ttfa, 99), "ttfa_parts_ms_p50": parts, "rtf_mean": statistics.mean(r["rtf"] for r in records),
+            "ttfa_ms_p99": percentile(ttfa, 99), "ttfa_parts_ms_p50": parts,
+            "rtf_mean": statistics.mean(r["rtf"] for r in voiced), "empty_requests": len(records) - len(voiced),
             "underruns": sum(r["underruns"] for r in records), "audio_s_per_s": sum(r["audio_s"] for r in records) / wall,
             "wall_s": wall}
 
