@@ -133,10 +133,14 @@ class _Server:
     async def upload_voice(self, body: VoiceBody) -> dict:
         data = wire.decode_base64_audio(body.audio, "audio", self.config.max_body_bytes)
         voice_id = self.voices.key(data)
-        wav, sr = await asyncio.to_thread(load_audio, data, what="audio")
-        samples = wav.numpy()
-        # Run the front end now, so the first request naming this voice skips it (Runtime voice cache).
-        await asyncio.to_thread(self.runtime.encode_voice, (samples, sr))
+        self.admission.enter()  # the front end is real work: uploads count against max_requests too
+        try:
+            wav, sr = await asyncio.to_thread(load_audio, data, what="audio")
+            samples = wav.numpy()
+            # Run the front end now, so the first request naming this voice skips it (Runtime voice cache).
+            await asyncio.to_thread(self.runtime.encode_voice, (samples, sr))
+        finally:
+            self.admission.leave()
         self.voices.put(voice_id, samples, sr)
         return {"voice_id": voice_id, "duration_s": round(samples.shape[-1] / sr, 3), "sample_rate": sr}
 

@@ -210,6 +210,12 @@ def test_bad_edit_and_unknown_voice(rt, client, prompt_b64):
     assert client.post("/v1/clone", json=clone_body(prompt_b64)).status_code == 200  # the server still works
 
 
+def test_bad_voice_upload_fails_clearly_and_frees_its_admission(rt, client):
+    r = client.post("/v1/voices", json={"audio": base64.b64encode(b"RIFF-not-really" * 20).decode()})
+    assert r.status_code == 400 and "decode" in r.json()["error"]["message"]
+    assert client.app.state.editx.counters.in_flight == 0
+
+
 def test_body_over_the_limit_is_413(rt, prompt_b64):
     small = TestClient(create_app(rt, ServerConfig(max_body_bytes=1000)))
     r = small.post("/v1/clone", json=clone_body(prompt_b64))
