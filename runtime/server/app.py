@@ -3,7 +3,7 @@
     POST /v1/clone   {"prompt_audio": b64 | "voice_id": id, "prompt_text", "text", ...}  -> audio
     POST /v1/edit    {"audio": b64 | "voice_id": id, "audio_text", "edit_type", "edit_info", ...} -> audio
     POST /v1/voices  {"audio": b64} -> {"voice_id", ...}   (upload a prompt once, name it afterwards)
-    GET  /health, /v1/info, /v1/stats
+    GET  /health, /v1/info, /v1/stats, /metrics (Prometheus text format)
 
 Audio responses stream by default (`"stream": true`): the status and headers leave when the first
 chunk exists, so an error before it (bad audio, empty text, unknown edit type) is a proper 4xx with
@@ -37,6 +37,8 @@ from ..frontend.audio_io import load_audio
 from ..models.text import EDIT_TYPES
 from ..types import OUTPUT_SAMPLE_RATE, AudioChunk
 from . import wire
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import render as render_metrics
 from .schemas import CloneBody, EditBody, SamplingBody, VoiceBody
 from .state import Admission, Counters, Overloaded, ServerConfig, UnknownVoice, VoiceRegistry
 
@@ -68,6 +70,10 @@ def create_app(runtime, config: Optional[ServerConfig] = None, model_name: str =
     async def stats() -> dict:
         return {"server": server.counters.as_dict(), "voices": len(server.voices),
                 "engine": runtime.engine_stats()}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(render_metrics(server.counters, runtime.engine_stats()), media_type=METRICS_TYPE)
 
     @app.post("/v1/voices")
     async def upload_voice(body: VoiceBody) -> dict:
@@ -353,14 +359,15 @@ class _BodyLimit:
 
 
 class _BearerAuth:
-    """401 unless a /v1/ request carries `Authorization: Bearer <key>` (constant-time comparison);
-    /health stays open. Plain ASGI, like `_BodyLimit`."""
+    """401 unless a /v1/ or /metrics request carries `Authorization: Bearer <key>` (constant-time
+    comparison; Prometheus sends one with `authorization: {credentials: ...}`); /health stays open.
+    Plain ASGI, like `_BodyLimit`."""
 
     def __init__(self, app, key: str) -> None:
         self.app, self.expected = app, f"Bearer {key}".encode()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and (scope["path"].startswith("/v1/") or scope["path"] == "/metrics"):
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 response = _error(401, "unauthorized", "missing or wrong API key: send 'Authorization: Bearer <key>'",

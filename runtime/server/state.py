@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import EditXError, InvalidInputError
+from .metrics import Histogram
 
 
 class Overloaded(EditXError):
@@ -76,6 +77,7 @@ class Counters:
     cancelled: int = 0     # the client went away before the last chunk
     in_flight: int = 0
     first_chunk_ms: list[float] = field(default_factory=list)  # last 1,000 admitted requests
+    first_chunk: Histogram = field(default_factory=Histogram)  # all of them, seconds (GET /metrics)
 
     def as_dict(self) -> dict:
         ttfa = sorted(self.first_chunk_ms)
@@ -86,6 +88,7 @@ class Counters:
     def record_first_chunk(self, ms: float) -> None:
         self.first_chunk_ms.append(ms)
         del self.first_chunk_ms[:-1000]
+        self.first_chunk.observe(ms / 1e3)
 
 
 class Admission:

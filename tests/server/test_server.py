@@ -222,6 +222,37 @@ def test_body_over_the_limit_is_413(rt, prompt_b64):
     assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
 
 
+def _metrics(text: str) -> dict[str, float]:
+    """Samples of a Prometheus text exposition: {'name{labels}': value}; every line must parse."""
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert line.startswith(("# HELP ", "# TYPE ")), line
+            continue
+        name, value = line.rsplit(" ", 1)
+        samples[name] = float(value)
+    return samples
+
+
+def test_metrics_count_requests_and_first_chunk_latency(rt, prompt_b64):
+    app = create_app(rt)
+    client = TestClient(app)
+    assert client.post("/v1/clone", json=clone_body(prompt_b64, sampling={"max_new_tokens": 20})).status_code == 200
+    assert client.post("/v1/clone", json=clone_body(prompt_b64, text=" ")).status_code == 400
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    m = _metrics(r.text)
+    assert m["editx_requests_total"] == 2 and m["editx_requests_failed_total"] == 1
+    assert m["editx_requests_in_flight"] == 0 and m["editx_requests_rejected_total"] == 0
+    buckets = [v for k, v in m.items() if k.startswith("editx_first_chunk_seconds_bucket")]
+    assert buckets == sorted(buckets) and buckets[-1] == m["editx_first_chunk_seconds_count"] == 1  # cumulative
+    assert 0 < m["editx_first_chunk_seconds_sum"] < 600
+    assert m["editx_engine_free_blocks"] == m["editx_engine_num_blocks"]  # the engine's gauges, idle
+    keyed = TestClient(create_app(rt, ServerConfig(api_key="s3cret-key")))
+    assert keyed.get("/metrics").status_code == 401
+    assert keyed.get("/metrics", headers={"Authorization": "Bearer s3cret-key"}).status_code == 200
+
+
 def test_api_key_guards_v1_but_not_health(rt, prompt_b64):
     keyed = TestClient(create_app(rt, ServerConfig(api_key="s3cret-key")))
     assert keyed.get("/health").status_code == 200  # load balancers probe without credentials
@@ -394,3 +425,12 @@ def test_editx_serve_refuses_a_missing_api_key_before_loading():
                            "EDITX_TEST_NO_SUCH_KEY"], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 2 and "EDITX_TEST_NO_SUCH_KEY is not set" in proc.stderr
     assert "loading" not in proc.stderr  # failed before spending time on the model
+
+
+def test_histogram_buckets_are_cumulative_and_inclusive():
+    from editx.server.metrics import Histogram
+
+    h = Histogram(bounds=(0.1, 0.5, 1.0), counts=[0, 0, 0])
+    for value in (0.05, 0.1, 0.3, 2.0):
+        h.observe(value)
+    assert h.counts == [2, 3, 3] and h.count == 4 and abs(h.total - 2.45) < 1e-12  # 0.1 falls in le="0.1"
