@@ -17,7 +17,7 @@ from editx.errors import InvalidInputError
 from editx.kernels import dit_attention as dit_kernels
 from editx.kernels import paged_alibi_attention as alibi_kernels
 
-from .backend import use_triton
+from .backend import get_kernel_backend, use_triton
 
 
 # =======================================================================================
@@ -44,8 +44,10 @@ def paged_alibi_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     args = (q, k_cache, v_cache, batch.block_tables, batch.seq_lens, batch.cu_seqlens_q, batch.positions, slopes)
     if alibi_uses_triton(q.device, q.shape[-1], backend):
         return alibi_kernels.paged_alibi_attention(*args)
-    if q.device.type == "cpu" and alibi_kernels.is_decode_only(batch.cu_seqlens_q, q.shape[0]):
-        # one batched SDPA instead of a loop over sequences (the CPU engine's decode steps)
+    if (q.device.type == "cpu" and get_kernel_backend("alibi_attention") == backend == "auto"
+            and alibi_kernels.is_decode_only(batch.cu_seqlens_q, q.shape[0])):
+        # one batched SDPA instead of a loop over sequences (the CPU engine's decode steps); a forced
+        # "reference" still runs the per-sequence reference
         return alibi_kernels.paged_alibi_decode_dense(q, k_cache, v_cache, batch.block_tables, batch.seq_lens,
                                                       batch.positions, slopes)
     return alibi_kernels.paged_alibi_attention_ref(*args)

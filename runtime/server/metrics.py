@@ -21,9 +21,12 @@ class Histogram:
     """Cumulative-bucket histogram: counts[i] = observations <= bounds[i] (plus +Inf = count)."""
 
     bounds: tuple[float, ...] = FIRST_CHUNK_BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * len(FIRST_CHUNK_BUCKETS))
+    counts: list[int] = field(init=False)
     count: int = 0
     total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * len(self.bounds)
 
     def observe(self, value: float) -> None:
         for i in range(bisect_left(self.bounds, value), len(self.bounds)):

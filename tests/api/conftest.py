@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
+import speech_clips
 from editx import Runtime
 
-AUDIO = Path(__file__).resolve().parents[2].parent / "shared" / "audio"
 # Short outputs keep each request around a second on CPU (41.67 tokens = 1 s of audio).
 MAX_NEW_TOKENS = 60
 
@@ -22,7 +22,4 @@ def sampling(rt):
 
 @pytest.fixture(scope="session")
 def prompt_wav() -> Path:
-    path = AUDIO / "zero_shot_en_prompt.wav"
-    if not path.is_file():
-        pytest.skip(f"speech clip {path} not found (../shared/audio)")
-    return path
+    return speech_clips.require()

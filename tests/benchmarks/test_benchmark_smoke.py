@@ -12,9 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import speech_clips
 
 REPO = Path(__file__).resolve().parents[2]
-AUDIO = REPO.parent / "shared" / "audio" / "zero_shot_en_prompt.wav"
+AUDIO = speech_clips.PROMPT
 
 
 def run(script: str, *args: str, timeout: int = 240) -> None:

@@ -11,9 +11,8 @@ import pytest
 import soundfile as sf
 
 from editx.cli import main
+from speech_clips import PROMPT
 
-AUDIO = Path(__file__).resolve().parents[2].parent / "shared" / "audio"
-PROMPT = AUDIO / "zero_shot_en_prompt.wav"
 pytestmark = pytest.mark.skipif(not PROMPT.is_file(), reason=f"{PROMPT} not found")
 
 

@@ -2,14 +2,14 @@
 
 EDITX_TEST_DEVICE=cuda runs the same tests on a GPU (benchmarks/gpu_check.sh does), where the
 decode steps replay CUDA graphs and the kernels are Triton's; the LLM stays fp32 there so the
-tolerances in test_streaming.py keep their meaning. EDITX_AUDIO points at the speech clips (default ../shared/audio).
+tolerances in test_streaming.py keep their meaning. EDITX_AUDIO points at the speech clips (default ../shared/audio; `speech_clips`).
 """
 import os
-from pathlib import Path
 
+import speech_clips
 from editx import Runtime
 
-AUDIO = Path(os.environ.get("EDITX_AUDIO", Path(__file__).resolve().parents[2].parent / "shared" / "audio"))
+AUDIO = speech_clips.AUDIO
 VOICES = ["zero_shot_en_prompt.wav", "fear_zh_female_prompt.wav", "vad_prompt.wav"]
 DEVICE = os.environ.get("EDITX_TEST_DEVICE", "cpu")
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,10 +18,10 @@ from editx.layers import get_kernel_backend, kernel_backend
 from editx.loading.random_init import randomize_
 from editx.models.flow import reshape_mixed_tokens
 from editx.models.step1 import Step1Config, build_step1
+import speech_clips
 from kernel_testing import DEVICE, needs_kernels
 
 pytestmark = needs_kernels
-AUDIO = Path(__file__).resolve().parents[2].parent / "shared" / "audio" / "zero_shot_en_prompt.wav"
 # Step1 in fp32: kernel and reference differ in summation order only (~1e-6 on O(1) logits);
 # 1e-4 still catches a wrong key, head or position (O(0.1) effects).
 LOGITS_ATOL = 1e-4
@@ -53,14 +52,16 @@ def _static_run(model, rows: list[list[int]], extra: int) -> list[torch.Tensor]:
     return outs
 
 
+STATIC_ROWS = [[5 + (7 * i) % 250 for i in range(n)] for n in (3, 20)]
+
+
+def _static_logits(model, backend: str) -> list[torch.Tensor]:
+    with torch.no_grad(), kernel_backend(backend):
+        return _static_run(model, STATIC_ROWS, extra=3)
+
+
 def test_step1_static_cache_path_with_kernels_matches_reference(step1):
-    rows = [[5 + (7 * i) % 250 for i in range(n)] for n in (3, 20)]
-    with torch.no_grad():
-        with kernel_backend("triton"):
-            got = _static_run(step1, rows, extra=3)
-        with kernel_backend("reference"):
-            ref = _static_run(step1, rows, extra=3)
-    for g, r in zip(got, ref):
+    for g, r in zip(_static_logits(step1, "triton"), _static_logits(step1, "reference")):
         torch.testing.assert_close(g, r, atol=LOGITS_ATOL, rtol=0)
 
 
@@ -88,12 +89,7 @@ def test_fused_step1_with_kernels_matches_unfused_reference(step1):
     (attention kernel, cache writes) and the gate/up halves of the [.., 2·I] output (swiglu kernel)."""
     fused = copy.deepcopy(step1).fuse_projections()
     assert fused.projections_fused and not step1.projections_fused
-    rows = [[5 + (7 * i) % 250 for i in range(n)] for n in (3, 20)]
-    with torch.no_grad():
-        with kernel_backend("triton"):
-            got = _static_run(fused, rows, extra=3)
-        with kernel_backend("reference"):
-            ref = _static_run(step1, rows, extra=3)
+    got, ref = _static_logits(fused, "triton"), _static_logits(step1, "reference")
     # fp32: summation order of kernels and of the fused GEMM only (~1e-6); the same bound as above
     for g, r in zip(got + list(_paged_run(fused, "triton")), ref + list(_paged_run(step1, "reference"))):
         torch.testing.assert_close(g, r, atol=LOGITS_ATOL, rtol=0)
@@ -110,9 +106,7 @@ def runtime():
 
 def _prompt():
     """The first 2 s of the shared prompt clip: every stage runs, the interpreter has less to do."""
-    if not AUDIO.is_file():
-        pytest.skip(f"speech clip {AUDIO} not found (../shared/audio)")
-    wav, sr = load_audio(AUDIO)
+    wav, sr = load_audio(speech_clips.require())
     return wav[0, : 2 * sr].numpy(), sr
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from asgi_driver import drive
+import speech_clips
 from audio_compare import assert_same_result
 from fastapi.testclient import TestClient
 
@@ -24,7 +25,6 @@ from editx import Runtime
 from editx.server import ServerConfig, create_app
 from editx.server import wire
 
-AUDIO = Path(__file__).resolve().parents[2].parent / "shared" / "audio"
 PROMPT_TEXT = "His political stance was conservative, and he was particularly close to margaret thatcher."
 MAX_NEW_TOKENS = 60  # ~1.4 s of audio: about a second per request on the CPU
 
@@ -38,10 +38,7 @@ def rt():
 
 @pytest.fixture(scope="module")
 def prompt_path() -> Path:
-    path = AUDIO / "zero_shot_en_prompt.wav"
-    if not path.is_file():
-        pytest.skip(f"speech clip {path} not found (../shared/audio)")
-    return path
+    return speech_clips.require()
 
 
 @pytest.fixture(scope="module")
@@ -430,7 +427,7 @@ def test_editx_serve_refuses_a_missing_api_key_before_loading():
 def test_histogram_buckets_are_cumulative_and_inclusive():
     from editx.server.metrics import Histogram
 
-    h = Histogram(bounds=(0.1, 0.5, 1.0), counts=[0, 0, 0])
+    h = Histogram(bounds=(0.1, 0.5, 1.0))
     for value in (0.05, 0.1, 0.3, 2.0):
         h.observe(value)
     assert h.counts == [2, 3, 3] and h.count == 4 and abs(h.total - 2.45) < 1e-12  # 0.1 falls in le="0.1"
