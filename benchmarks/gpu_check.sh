@@ -18,9 +18,10 @@
 # Output under $OUT (default ./out/gpu_check), 8 files: gpu_check.log (environment first, then
 # everything printed), kernels.json (all kernel benchmarks), offline.json, stream.json + .svg
 # (decoder worker on, the default), stream_inline.json (decoder items inside the engine step, same
-# run: the overlap's effect), decoder.json (decoder_slots: packed caches vs the DiT slot pool with
+# run: the overlap's effect), stages.json (decoder_slots: packed caches vs the DiT slot pool with
 # CUDA graphs; profile_decoder(_slots): where a chunk's time goes, packed caches / the slot pool; decoder_batch: batched vs per-stream chunks;
-# sampling: the engine's per-step sampling, blocks vs rows), llm_step.json (one LLM decode step and a
+# sampling: the engine's per-step sampling, blocks vs rows; frontend: a cold voice's front end by stage,
+# the vq02 encoder call by call vs layer by layer), llm_step.json (one LLM decode step and a
 # 300-token prefill, unfused vs fused q|k|v and gate|up projections, eager and CUDA-graphed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +30,7 @@ DEVICE=${DEVICE:-cuda}
 MODEL=${MODEL:-dummy:full}
 TOKENS=${TOKENS:-200}
 PY=${PY:-python3}
-mkdir -p "$OUT" "$OUT/.parts/kernels" "$OUT/.parts/decoder"
+mkdir -p "$OUT" "$OUT/.parts/kernels" "$OUT/.parts/stages"
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
 export PYTHONUNBUFFERED=1
@@ -40,7 +41,7 @@ status=0
 DEADLINE=${DEADLINE:-560}  # seconds: a step never runs past it (the device call's timeout sits above it)
 # STEPS: the step keys to run (default all; the install always runs), e.g. STEPS="offline decoder_batch
 # kernel_bench llm_step" for a second, shorter run: install engine_tests decoder_slots stream kernel_tests
-# stream_inline profile offline sampling decoder_batch kernel_bench llm_step.
+# stream_inline profile offline sampling decoder_batch frontend kernel_bench llm_step.
 step() {  # step <key> <seconds> <title> <command...>: time-boxed (also by DEADLINE), logged, failure recorded
   local key=$1 limit=$2 title=$3; shift 3
   if [ -n "${STEPS:-}" ] && [ "$key" != install ] && [[ " $STEPS " != *" $key "* ]]; then return; fi
@@ -77,7 +78,7 @@ step engine_tests 200 "engine tests on $DEVICE" env EDITX_TEST_DEVICE="$DEVICE" 
     tests/unit/test_model_runner.py tests/unit/test_dit_slots.py
 # The DiT slot pool: set-up + first chunk and steady chunks, packed (eager) vs slots (CUDA graphs).
 step decoder_slots 90 "decoder slot pool benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_decoder_slots.py \
-    --model "$MODEL" --device "$DEVICE" --streams ${SLOT_STREAMS:-1 4 16} --out "$OUT/.parts/decoder/decoder_slots.json"
+    --model "$MODEL" --device "$DEVICE" --streams ${SLOT_STREAMS:-1 4 16} --out "$OUT/.parts/stages/decoder_slots.json"
 step stream 200 "streaming benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py --model "$MODEL" \
     --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16 64} \
     --prompt-audio "$PROMPT" --out "$OUT/stream.json"
@@ -86,15 +87,18 @@ step stream_inline 100 "streaming benchmark, decoder inside the engine step: $MO
     --model "$MODEL" --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16 64} \
     --prompt-audio "$PROMPT" --overlap-decoder off --no-plot --out "$OUT/stream_inline.json"
 step profile 40 "decoder profile: $MODEL on $DEVICE" $PY benchmarks/e2e/profile_decoder.py --model "$MODEL" \
-    --device "$DEVICE" --out "$OUT/.parts/decoder/profile_decoder.json"
+    --device "$DEVICE" --out "$OUT/.parts/stages/profile_decoder.json"
 step profile 40 "decoder profile with the DiT slot pool: $MODEL on $DEVICE" $PY benchmarks/e2e/profile_decoder.py \
-    --model "$MODEL" --device "$DEVICE" --slots on --out "$OUT/.parts/decoder/profile_decoder_slots.json"
+    --model "$MODEL" --device "$DEVICE" --slots on --out "$OUT/.parts/stages/profile_decoder_slots.json"
 step offline 80 "offline benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_offline.py --model "$MODEL" \
     --device "$DEVICE" --tokens "$TOKENS" --prompt-audio "$PROMPT" --out "$OUT/offline.json"
 step sampling 30 "engine sampling benchmark on $DEVICE" $PY benchmarks/e2e/bench_sampling.py --device "$DEVICE" \
-    --out "$OUT/.parts/decoder/sampling.json"
+    --out "$OUT/.parts/stages/sampling.json"
 step decoder_batch 40 "batched decoder benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_decoder_batch.py \
-    --model "$MODEL" --device "$DEVICE" --streams ${DECODER_STREAMS:-1 4 16} --out "$OUT/.parts/decoder/decoder_batch.json"
+    --model "$MODEL" --device "$DEVICE" --streams ${DECODER_STREAMS:-1 4 16} --out "$OUT/.parts/stages/decoder_batch.json"
+step frontend 60 "front-end benchmark (vq02 encoder call by call vs layer by layer): $MODEL on $DEVICE" $PY \
+    benchmarks/e2e/bench_frontend.py --model "$MODEL" --device "$DEVICE" --prompt-audio "$PROMPT" \
+    --out "$OUT/.parts/stages/frontend.json"
 # KERNEL_BENCHES: which kernel benchmarks (names without bench_; default every one)
 for name in ${KERNEL_BENCHES:-$(cd benchmarks/kernels && ls bench_*.py | sed 's/^bench_//; s/\.py$//')}; do
   bench=benchmarks/kernels/bench_$name.py; name=bench_$name
@@ -108,7 +112,7 @@ step llm_step 90 "LLM step benchmark, fused vs unfused projections: $MODEL bf16 
 $PY - "$OUT" <<'EOF2' >> "$LOG" 2>&1
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
-for group in ("kernels", "decoder"):
+for group in ("kernels", "stages"):
     parts = {p.stem: json.loads(p.read_text()) for p in sorted((out / ".parts" / group).glob("*.json"))}
     if parts:
         (out / f"{group}.json").write_text(json.dumps(parts, indent=1) + "\n")

@@ -388,15 +388,27 @@ class SANMStreamingEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, feats: torch.Tensor, chunk_lengths: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """Whole-utterance vq02 encoding through upstream's chunk loop (fresh state).
+        """Whole-utterance vq02 encoding with upstream's streaming semantics (fresh state).
 
-        feats: [B, N, input_size]; chunk_lengths: frames per call (upstream: 4 per
+        feats: [B, N, input_size]; chunk_lengths: frames per upstream call (4 per
         3,840-sample piece, the last one fewer), positive, summing to N.
         Returns [B, N, output_size]. B > 1 means B equal-length utterances.
+        Runs all calls layer by layer (`vq02_layerwise`); `encode_chunked` is the call-by-call
+        reference. When an export backend has replaced `forward_chunk` on this instance
+        (`editx.export.backends.method_view`), the calls go through that graph one by one.
         """
-        if not isinstance(feats, torch.Tensor) or feats.dim() != 3:
-            raise InvalidInputError(f"feats: expected a [B, N, {self.cfg.input_size}] tensor, got {_describe(feats)}")
-        lengths = _chunk_length_list(chunk_lengths, feats.shape[1])
+        from .vq02_layerwise import encode_layerwise  # imports this module
+
+        lengths = self._checked_lengths(feats, chunk_lengths)
+        if "forward_chunk" in vars(self):
+            return self.encode_chunked(feats, lengths)
+        self._check_chunk(feats, self.init_state(feats.shape[0], feats.device))
+        return encode_layerwise(self, feats, lengths)
+
+    @torch.no_grad()
+    def encode_chunked(self, feats: torch.Tensor, chunk_lengths: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """`encode` through upstream's call-by-call loop (`forward_chunk` per call): the reference."""
+        lengths = self._checked_lengths(feats, chunk_lengths)
         state = self.init_state(feats.shape[0], feats.device)
         outs = []
         start = 0
@@ -405,6 +417,11 @@ class SANMStreamingEncoder(nn.Module):
             outs.append(out)
             start += length
         return torch.cat(outs, dim=1)
+
+    def _checked_lengths(self, feats: torch.Tensor, chunk_lengths: Sequence[int] | torch.Tensor) -> list[int]:
+        if not isinstance(feats, torch.Tensor) or feats.dim() != 3:
+            raise InvalidInputError(f"feats: expected a [B, N, {self.cfg.input_size}] tensor, got {_describe(feats)}")
+        return _chunk_length_list(chunk_lengths, feats.shape[1])
 
     def _check_chunk(self, feats_chunk: torch.Tensor, state: VQ02EncoderState) -> None:
         if not isinstance(feats_chunk, torch.Tensor) or feats_chunk.dim() != 3:

@@ -95,3 +95,15 @@ def test_server_benchmark_runs_api_and_http_paths(tmp_path):
     for name in ("http", "http_voice"):
         (level,) = paths[name]
         assert level["concurrency"] == 1 and level["audio_s"] > 0 and level["ttfa_vs_api"] > 0
+
+
+def test_frontend_benchmark_times_both_encoder_paths(tmp_path):
+    if not AUDIO.is_file():
+        pytest.skip("speech clips not found (../shared/audio)")
+    out = tmp_path / "frontend.json"
+    run("bench_frontend.py", "--rounds", "1", "--prompt-audio", str(AUDIO), "--out", str(out))
+    payload = json.loads(out.read_text())
+    enc = payload["vq02_encoder"]
+    assert enc["call_by_call"]["median_ms"] > 0 and enc["layerwise"]["median_ms"] > 0 and enc["calls"] > 1
+    assert enc["codes"] > 0 and enc["max_abs_diff"] < 1e-4  # fp32, same rows: summation order only
+    assert set(payload["encode_voice"]["stages_median_ms"]) == {"preprocess_ms", "vq02_ms", "vq06_ms", "speaker_ms"}
