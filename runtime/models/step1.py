@@ -23,6 +23,7 @@ the fused weights (`editx.models.fused_projections`). `forward_reference` never 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -570,12 +571,54 @@ def check_device(device: Any) -> torch.device:
     return dev
 
 
+_INIT_FUNCTIONS = ("normal_", "uniform_", "kaiming_uniform_", "xavier_uniform_", "trunc_normal_", "zeros_", "ones_")
+
+
+@contextlib.contextmanager
+def _without_module_init():
+    """nn.Linear / nn.Embedding constructors skip their random init while the model is built on meta.
+
+    The weights are only allocated there (filled by a checkpoint or the dummy init later), and the
+    first random op on a meta tensor imports torch._dynamo (~2.2 s on the 2-core CPU machine, a
+    quarter of `editx clone --model dummy:tiny` end to end). Process-global for the duration of the
+    constructor, like any `torch.nn.init` patch: call it while loading, not beside other threads
+    that initialise modules.
+    """
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(nn.init, name, _leave_as_is)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def _leave_as_is(tensor: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return tensor
+
+
 def build_step1(config: Step1Config, device: Any = "cpu", dtype: Any = torch.float32) -> Step1Model:
     """An uninitialised Step1Model on `device` in `dtype` (weights allocated, not filled)."""
     dev, dt = check_device(device), check_dtype(dtype)
-    with torch.device("meta"):
+    with torch.device("meta"), _without_module_init():
         model = Step1Model(config)
-    return model.to(dtype=dt).to_empty(device=dev).eval().requires_grad_(False)  # inference only: no autograd, fused GEMMs in any grad mode
+    _allocate(model, dev, dt)
+    return model.eval().requires_grad_(False)  # inference only: no autograd, fused GEMMs in any grad mode
+
+
+def _allocate(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Real, uninitialised storage on `device` for every meta parameter and buffer (floating ones in
+    `dtype`); tied tensors stay tied. `Module.to_empty` does the same through the meta tensors'
+    Python refs, whose first use imports sympy (~1 s on the 2-core CPU machine)."""
+    made: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if id(tensor) not in made:
+                dt = dtype if tensor.is_floating_point() else tensor.dtype
+                fresh = torch.empty(tensor.shape, dtype=dt, device=device)
+                made[id(tensor)] = nn.Parameter(fresh, requires_grad=False) if isinstance(tensor, nn.Parameter) else fresh
+            setattr(module, name, made[id(tensor)])
 
 
 def load_step1(model_dir: str | Path, device: Any = "cpu", dtype: Any = torch.bfloat16, *,
