@@ -84,7 +84,8 @@ setup(
         # `editx serve` (editx.server): HTTP streaming over one shared Runtime.
         "server": ["fastapi>=0.110", "uvicorn>=0.29"],
         "dev": ["pytest>=8", "hypothesis>=6", 'triton>=3.0; platform_system == "Linux"',
-                "fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
+                "fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27",
+                "openai>=1.40"],  # the speech endpoint's compatibility test calls it with OpenAI's own client
     },
     entry_points={"console_scripts": ["editx=editx.cli:main"]},
     ext_modules=_extensions(),

@@ -3,7 +3,7 @@
     from editx.server import create_app, ServerConfig
     app = create_app(editx.Runtime.from_pretrained("dummy:tiny"), ServerConfig(max_requests=64))
 
-Endpoints and wire formats: `app.py` and `wire.py`; README "HTTP server".
+Endpoints and wire formats: `app.py`, `wire.py`, `openai_speech.py` (OpenAI's speech API); README "HTTP server".
 """
 from __future__ import annotations
 

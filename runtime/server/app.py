@@ -2,7 +2,8 @@
 
     POST /v1/clone   {"prompt_audio": b64 | "voice_id": id, "prompt_text", "text", ...}  -> audio
     POST /v1/edit    {"audio": b64 | "voice_id": id, "audio_text", "edit_type", "edit_info", ...} -> audio
-    POST /v1/voices  {"audio": b64} -> {"voice_id", ...}   (upload a prompt once, name it afterwards)
+    POST /v1/voices  {"audio": b64, "text"?, "name"?} -> {"voice_id", ...}   (upload a prompt once)
+    POST /v1/audio/speech  OpenAI's body {"input", "voice", "response_format"} -> audio (openai_speech.py)
     GET  /health, /v1/info, /v1/stats, /metrics (Prometheus text format)
 
 Audio responses stream by default (`"stream": true`): the status and headers leave when the first
@@ -39,8 +40,9 @@ from ..types import OUTPUT_SAMPLE_RATE, AudioChunk
 from . import wire
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import render as render_metrics
-from .schemas import CloneBody, EditBody, SamplingBody, VoiceBody
-from .state import Admission, Counters, Overloaded, ServerConfig, UnknownVoice, VoiceRegistry
+from . import openai_speech
+from .schemas import CloneBody, EditBody, SamplingBody, SpeechBody, VoiceBody
+from .state import Admission, Counters, Overloaded, ServerConfig, StoredVoice, UnknownVoice, VoiceRegistry
 
 log = logging.getLogger("editx.server")
 
@@ -96,6 +98,16 @@ def create_app(runtime, config: Optional[ServerConfig] = None, model_name: str =
                                          n_iter=body.n_iter, seed=body.seed, sampling=sampling,
                                          priority=body.priority), body.format, body.stream, request)
 
+    @app.post("/v1/audio/speech")
+    async def speech(body: SpeechBody, request: Request) -> Response:
+        fmt = openai_speech.wire_format(body)
+        voice = server.voices.get(body.voice, "voice")
+        text = openai_speech.prompt_text(voice, body.voice)
+        sampling = server.sampling(body.sampling)
+        return await server.respond(
+            lambda: runtime.astream_clone(voice.audio, text, body.input, seed=body.seed, sampling=sampling), fmt,
+            True, request)
+
     return app
 
 
@@ -121,7 +133,7 @@ class _Server:
         if (b64 is None) == (voice_id is None):
             raise InvalidInputError(f"{field} / voice_id: give exactly one of them")
         if voice_id is not None:
-            return self.voices.get(voice_id)
+            return self.voices.get(voice_id).audio
         return wire.decode_base64_audio(b64, field, self.config.max_body_bytes)
 
     def sampling(self, body: Optional[SamplingBody]):
@@ -138,6 +150,9 @@ class _Server:
 
     async def upload_voice(self, body: VoiceBody) -> dict:
         data = wire.decode_base64_audio(body.audio, "audio", self.config.max_body_bytes)
+        text = _transcript(body.text)
+        if body.name is not None:
+            self.voices.check_name(body.name)
         voice_id = self.voices.key(data)
         self.admission.enter()  # the front end is real work: uploads count against max_requests too
         try:
@@ -147,8 +162,11 @@ class _Server:
             await asyncio.to_thread(self.runtime.encode_voice, (samples, sr))
         finally:
             self.admission.leave()
-        self.voices.put(voice_id, samples, sr)
-        return {"voice_id": voice_id, "duration_s": round(samples.shape[-1] / sr, 3), "sample_rate": sr}
+        self.voices.put(voice_id, StoredVoice(samples, sr, text), body.name)
+        stored = self.voices.get(voice_id)
+        return {"voice_id": voice_id, "names": self.voices.names_of(voice_id),
+                "has_text": stored.text is not None, "duration_s": round(samples.shape[-1] / sr, 3),
+                "sample_rate": sr}
 
     # -- responses ------------------------------------------------------------------------
     async def respond(self, make_chunks: ChunkSource, fmt: str, stream: bool, request: Request) -> Response:
@@ -204,6 +222,12 @@ class _Server:
             raise
         finally:
             await session.close()
+
+
+def _transcript(text: Optional[str]) -> Optional[str]:
+    if text is not None and not text.strip():
+        raise InvalidInputError("text: the transcript is empty; give what is said in the audio, or leave it out")
+    return None if text is None else text.strip()
 
 
 class _Session:

@@ -52,3 +52,23 @@ class EditBody(_AudioRequest):
 
 class VoiceBody(_Body):
     audio: str = Field(..., description="base64 of an audio file")
+    text: Optional[str] = Field(None, description="what is said in the audio: lets POST /v1/audio/speech clone it")
+    name: Optional[str] = Field(None, description="a name to call the voice by, e.g. an OpenAI voice name")
+
+
+class SpeechBody(_Body):
+    """OpenAI's `POST /v1/audio/speech` body (what `openai.audio.speech.create` sends).
+
+    `voice` is the id or name of a voice uploaded with its transcript. Fields this server cannot
+    honour (mp3/opus/aac/flac, speed != 1, instructions, SSE) are refused by name, not ignored."""
+
+    model: Optional[str] = Field(None, description="accepted and ignored: the server runs one model")
+    input: str
+    voice: str
+    response_format: str = Field("wav", description="wav | pcm (24 kHz mono 16-bit); OpenAI's default mp3 is "
+                                                    "not available")
+    speed: float = 1.0
+    instructions: Optional[str] = None
+    stream_format: str = "audio"
+    seed: Optional[int] = Field(None, description="editx extension: fixed seed, the same request gives the same audio")
+    sampling: Optional[SamplingBody] = Field(None, description="editx extension: sampling overrides, as in /v1/clone")

@@ -7,6 +7,7 @@ Nothing here belongs to one request: a request's own state stays in its stream (
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -109,16 +110,37 @@ class Admission:
         self.counters.in_flight -= 1
 
 
-class VoiceRegistry:
-    """Uploaded prompt audio by id (sha256 of the file bytes), decoded once, LRU within a byte budget.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-    A request naming a voice_id skips the upload and the decode; the Runtime's own voice cache
-    then skips the front end as well (it keys on the samples).
+
+@dataclass(frozen=True)
+class StoredVoice:
+    """One uploaded prompt: decoded samples [C, N] float32, their rate, and (optionally) what is said in
+    them, which `POST /v1/audio/speech` needs as the clone prompt's text."""
+
+    samples: np.ndarray
+    sample_rate: int
+    text: str | None = None
+
+    @property
+    def audio(self) -> tuple[np.ndarray, int]:
+        """The (samples, sample_rate) pair the Runtime takes as audio input."""
+        return self.samples, self.sample_rate
+
+
+class VoiceRegistry:
+    """Uploaded prompt audio by id (sha256 of the file bytes) or by a chosen name, decoded once, LRU
+    within a byte budget.
+
+    A request naming a voice skips the upload and the decode; the Runtime's own voice cache then skips
+    the front end as well (it keys on the samples). A name points at one voice: naming another voice
+    the same moves it; an evicted voice takes its names with it.
     """
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._voices: OrderedDict[str, tuple[np.ndarray, int]] = OrderedDict()
+        self._voices: OrderedDict[str, StoredVoice] = OrderedDict()
+        self._names: dict[str, str] = {}  # name -> voice id
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -126,30 +148,46 @@ class VoiceRegistry:
     def key(data: bytes) -> str:
         return hashlib.sha256(data).hexdigest()[:32]
 
-    def put(self, voice_id: str, samples: np.ndarray, sample_rate: int) -> None:
-        """samples: [C, N] float32 (as decoded)."""
-        size = samples.nbytes
+    @staticmethod
+    def check_name(name: str) -> str:
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+            raise InvalidInputError(f"name: expected 1-64 letters, digits, '_', '.' or '-' (starting with a letter "
+                                    f"or digit), got {name!r}")
+        return name
+
+    def put(self, voice_id: str, voice: StoredVoice, name: str | None = None) -> None:
+        """Store (or refresh: a new transcript replaces the old one) a voice; `name` (checked) points at it."""
+        size = voice.samples.nbytes
         if size > self.max_bytes:
             raise InvalidInputError(f"audio: {size} bytes of decoded samples exceed the voice registry's "
                                     f"budget of {self.max_bytes} bytes")
         with self._lock:
-            if voice_id in self._voices:
-                self._voices.move_to_end(voice_id)
-                return
-            self._voices[voice_id] = (samples, sample_rate)
+            old = self._voices.pop(voice_id, None)
+            if old is not None:
+                self._bytes -= old.samples.nbytes
+                voice = voice if voice.text is not None else old  # an upload without text keeps the transcript
+            self._voices[voice_id] = voice
             self._bytes += size
+            if name is not None:
+                self._names[self.check_name(name)] = voice_id
             while self._bytes > self.max_bytes:
-                _, (old, _) = self._voices.popitem(last=False)
-                self._bytes -= old.nbytes
+                evicted_id, evicted = self._voices.popitem(last=False)
+                self._bytes -= evicted.samples.nbytes
+                self._names = {n: v for n, v in self._names.items() if v != evicted_id}
 
-    def get(self, voice_id: str) -> tuple[np.ndarray, int]:
+    def get(self, ref: str, field: str = "voice_id") -> StoredVoice:
+        """The voice with id or name `ref`; UnknownVoice (HTTP 404) naming `field` otherwise."""
         with self._lock:
-            found = self._voices.get(voice_id)
-            if found is None:
-                raise UnknownVoice(f"voice_id: unknown voice {voice_id!r} (never uploaded, or evicted); "
+            voice_id = ref if ref in self._voices else self._names.get(ref)
+            if voice_id is None:
+                raise UnknownVoice(f"{field}: unknown voice {ref!r} (never uploaded, or evicted); "
                                    "upload the audio with POST /v1/voices")
             self._voices.move_to_end(voice_id)
-            return found
+            return self._voices[voice_id]
+
+    def names_of(self, voice_id: str) -> list[str]:
+        with self._lock:
+            return sorted(n for n, v in self._names.items() if v == voice_id)
 
     def __len__(self) -> int:
         return len(self._voices)
