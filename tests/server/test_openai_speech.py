@@ -10,7 +10,6 @@ import speech_clips
 import soundfile as sf
 from fastapi.testclient import TestClient
 
-from editx import Runtime
 from editx.server import ServerConfig, create_app, wire
 from editx.server.state import StoredVoice, VoiceRegistry
 
@@ -18,13 +17,6 @@ TRANSCRIPT = "His political stance was conservative, and he was particularly clo
 SAY = "Hello through the OpenAI speech API."
 API_KEY = "sk-editx-test-key"
 SHORT = {"sampling": {"max_new_tokens": 60}}  # editx extension: ~1.4 s of audio, about a second per request here
-
-
-@pytest.fixture(scope="module")
-def rt():
-    runtime = Runtime.from_pretrained("dummy:tiny", seed=0)
-    yield runtime
-    runtime.close()
 
 
 @pytest.fixture(scope="module")

@@ -21,19 +21,11 @@ import speech_clips
 from audio_compare import assert_same_result
 from fastapi.testclient import TestClient
 
-from editx import Runtime
 from editx.server import ServerConfig, create_app
 from editx.server import wire
 
 PROMPT_TEXT = "His political stance was conservative, and he was particularly close to margaret thatcher."
 MAX_NEW_TOKENS = 60  # ~1.4 s of audio: about a second per request on the CPU
-
-
-@pytest.fixture(scope="module")
-def rt():
-    runtime = Runtime.from_pretrained("dummy:tiny", seed=0)
-    yield runtime
-    runtime.close()
 
 
 @pytest.fixture(scope="module")
