@@ -73,6 +73,9 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
                         "environment variable (not a flag: command lines are visible to every user)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="browser origin allowed to call the server (repeatable; '*' for any)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM / Ctrl-C, stop accepting and let running streams finish for at most this "
+                        "long before closing them (default 30, Kubernetes' default grace period)")
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip capturing the CUDA graphs before accepting requests (first requests pay it)")
 
@@ -177,6 +180,8 @@ def serve(args: argparse.Namespace, report) -> list[Path]:
         key = os.environ.get(args.api_key_env)
         if not key:
             raise InvalidInputError(f"--api-key-env: environment variable {args.api_key_env} is not set or empty")
+    if not args.shutdown_timeout >= 0:
+        raise InvalidInputError(f"--shutdown-timeout: expected seconds >= 0, got {args.shutdown_timeout}")
     # validated before the model loads
     config = ServerConfig(max_requests=args.max_requests, api_key=key, cors_origins=tuple(args.cors_origin))
     try:
@@ -191,8 +196,9 @@ def serve(args: argparse.Namespace, report) -> list[Path]:
         app = create_app(rt, config, model_name=args.model)
         if args.warmup:
             rt.warmup()
-        report(f"serving on http://{args.host}:{args.port} (POST /v1/clone, /v1/edit; GET /v1/info)")
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info")
+        report(f"serving on http://{args.host}:{args.port} (POST /v1/clone, /v1/edit, /v1/audio/speech; GET /v1/info)")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
+                    timeout_graceful_shutdown=args.shutdown_timeout)
     finally:
         rt.close()
     return []

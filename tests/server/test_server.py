@@ -380,10 +380,12 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_editx_serve_answers_http(prompt_b64):
+def test_editx_serve_answers_http_and_drains_on_sigterm(prompt_b64):
+    """A process: /health, a streamed clone; SIGTERM in mid-stream lets the stream finish (a rolling
+    deploy must not cut audio off), then the server exits."""
     port = _free_port()
     cmd = [sys.executable, "-m", "editx.cli", "serve", "--model", "dummy:tiny", "--port", str(port), "--quiet",
-           "--max-num-seqs", "4"]
+           "--max-num-seqs", "4", "--shutdown-timeout", "60"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -397,12 +399,17 @@ def test_editx_serve_answers_http(prompt_b64):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"server did not come up: {proc.communicate(timeout=5)[0]!r}")
                 time.sleep(0.5)
-        body = clone_body(prompt_b64, sampling={"max_new_tokens": 30})
+        # ~5 s of audio: its stream runs for seconds after the first chunk on the CPU
+        body = clone_body(prompt_b64, sampling={"max_new_tokens": 200})
         request = urllib.request.Request(base + "/v1/clone", data=__import__("json").dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as r:
             assert r.headers["Content-Type"] == "audio/wav"
-            assert r.read(4) == b"RIFF" and len(r.read()) > 40
+            assert r.read(4) == b"RIFF"
+            proc.terminate()  # SIGTERM while the stream runs
+            rest = r.read()  # http.client raises IncompleteRead if the chunked body is cut off
+        assert len(rest) > 40 + 2 * 24000  # more than a second of audio came after the signal
+        assert proc.wait(timeout=60) is not None
     finally:
         proc.terminate()
         proc.wait(timeout=30)
