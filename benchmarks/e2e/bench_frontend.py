@@ -10,8 +10,9 @@ A cold voice's first audio waits for all of it (the voice cache skips it for a k
 The vq02 encoder (50 layers of width 512 in the real model) is driven once per 240 ms piece
 upstream: 21 calls for a 5 s prompt, each re-reading every weight and launching ~1,000 small
 kernels. Rounds alternate the two paths (CPU timings drift); medians and mins over rounds. Also
-recorded: the paths' max output difference and how many k-means codes differ, and `encode_voice`
-end to end (every stage, the layer-wise encoder) with its own stage split.
+recorded: the paths' max output difference and how many k-means codes differ. Then `encode_voice` end
+to end (the layer-wise encoder) with its three chains -- vq02, vq06, decoder conditioning (24 kHz mel,
+CAM++) -- one after another and concurrently (the default), alternating, each with its stage split.
 """
 from __future__ import annotations
 
@@ -80,6 +81,30 @@ def encoder_paths(comps, feats: torch.Tensor, lengths: list[int], rounds: int, d
     return result
 
 
+def encode_voice_chains(rt, wav, sr, rounds: int, device: torch.device) -> dict:
+    """The whole cold front end (layer-wise vq02 encoder) with its three chains (vq02, vq06, decoder
+    conditioning) one after another and concurrently, alternating; each mode's stage split (a stage's
+    own wall time, so concurrent stages overlap and include each other's contention)."""
+    runs: dict[str, list] = {"serial": [], "parallel": []}
+
+    def run(parallel: bool):
+        return encode_voice(rt.components, wav, sr, dither=rt.config.vq02_dither, parallel=parallel,
+                            generator=torch.Generator().manual_seed(0), resampler=rt.config.resampler)
+
+    run(True)  # warm-up: the pool's threads, allocator
+    for r in range(rounds):
+        for mode in (("serial", "parallel") if r % 2 == 0 else ("parallel", "serial")):
+            voice, ms = timed(lambda: run(mode == "parallel"), device)
+            runs[mode].append((ms, {k.removesuffix("_s") + "_ms": v * 1e3 for k, v in voice.timings.items()}))
+    result = {}
+    for mode, samples in runs.items():
+        stages = [s for _, s in samples]
+        result[mode] = {**summary([ms for ms, _ in samples]),
+                        "stages_median_ms": {k: statistics.median(s[k] for s in stages) for k in stages[0]}}
+    result["speedup"] = result["serial"]["median_ms"] / result["parallel"]["median_ms"]
+    return result
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -95,24 +120,21 @@ def main(argv=None) -> dict:
     progress(f"vq02 encoder ({len(lengths)} calls): call by call {encoder['call_by_call']['median_ms']:.1f} ms, "
              f"layer by layer {encoder['layerwise']['median_ms']:.1f} ms (x{encoder['speedup']:.2f})")
 
-    totals, stages = [], []
-    for _ in range(args.rounds):
-        voice, ms = timed(lambda: encode_voice(comps, wav, sr, dither=rt.config.vq02_dither,
-                                               generator=torch.Generator().manual_seed(0),
-                                               resampler=rt.config.resampler), device)
-        totals.append(ms)
-        stages.append({k.removesuffix("_s") + "_ms": v * 1e3 for k, v in voice.timings.items()})
-    stage_ms = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
+    chains = encode_voice_chains(rt, wav, sr, args.rounds, device)
+    progress(f"encode_voice: chains one after another {chains['serial']['median_ms']:.1f} ms, concurrently "
+             f"{chains['parallel']['median_ms']:.1f} ms (x{chains['speedup']:.2f})")
     rt.close()
     payload = {"benchmark": "e2e/frontend", "model": args.model, "env": environment(device),
                "prompt_audio_s": wav.shape[-1] / sr, "vq02_dtype": str(dtype), "vq02_encoder": encoder,
-               "encode_voice": {**summary(totals), "stages_median_ms": stage_ms}}
+               "encode_voice": chains}
     rows = [("vq02 encoder, call by call", f"{encoder['call_by_call']['median_ms']:9.1f} ms"),
             ("vq02 encoder, layer by layer", f"{encoder['layerwise']['median_ms']:9.1f} ms  "
              f"(x{encoder['speedup']:.2f}; max diff {encoder['max_abs_diff']:.2g}, "
-             f"{encoder['codes_differing']}/{encoder['codes']} codes differ)"),
-            ("encode_voice (layer by layer)", f"{statistics.median(totals):9.1f} ms  "
-             + ", ".join(f"{k} {v:.1f}" for k, v in stage_ms.items()))]
+             f"{encoder['codes_differing']}/{encoder['codes']} codes differ)")]
+    for mode in ("serial", "parallel"):
+        stage_ms = chains[mode]["stages_median_ms"]
+        rows.append((f"encode_voice, chains {mode}", f"{chains[mode]['median_ms']:9.1f} ms  "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in stage_ms.items())))
     return finish(result_path(args.out, "frontend", device, args.model), payload, rows)
 
 

@@ -6,14 +6,17 @@ x-vector), and stage timings. It is immutable, so a voice cache can share it.
 """
 from __future__ import annotations
 
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
 from ..errors import InvalidInputError
-from ..frontend.prompt_audio import preprocess_prompt
+from ..frontend.prompt_audio import campplus_fbank, prompt_speech_feat, tokenizer_signal
 from ..frontend.vq02_features import extract_vq02_features
 from ..loading.components import Components
 from ..models.interleave import audio_token_str, interleave_vq0206, llm_ids_to_mixed
@@ -42,33 +45,73 @@ class VoicePrompt:
 
 
 def encode_voice(comps: Components, wav: torch.Tensor, sample_rate: int, *, dither: float,
-                 generator: Optional[torch.Generator] = None, resampler: str = "sinc") -> VoicePrompt:
+                 generator: Optional[torch.Generator] = None, resampler: str = "sinc",
+                 parallel: bool = True) -> VoicePrompt:
     """wav [C, N] float32 at `sample_rate` (>= 16 kHz) -> VoicePrompt.
 
     `dither` and `generator` drive the vq02 fbank dither (upstream: 1.0, unseeded);
-    `resampler` is "sinc" (upstream-exact) or "soxr".
+    `resampler` is "sinc" (upstream-exact) or "soxr". Three chains share nothing but the
+    tokenizer signal: vq02 (fbank, the encoder, k-means), vq06 (whisper mel, its ONNX graph) and
+    the decoder conditioning (24 kHz mel, CAM++ fbank and graph). With `parallel` (default) the
+    last two run on the front-end pool while this thread runs vq02, so a cold voice waits for
+    the slowest chain instead of their sum; the results are the same either way (vq02's dither
+    generator is only touched here, the ONNX sessions are deterministic).
     """
     t0 = time.perf_counter()
     peak = float(wav.abs().max()) if wav.numel() else 0.0
     if peak < SILENCE_PEAK:
         raise InvalidInputError(f"prompt audio is silent (peak {peak:.2g}); it must contain speech")
-    prompt = preprocess_prompt(wav, sample_rate, comps.mel, resampler=resampler)
-    t1 = time.perf_counter()
-    vq02 = _vq02_codes(comps, prompt.wav16_trimmed, dither, generator)
-    t2 = time.perf_counter()
-    vq06 = comps.vq06(prompt.wav16_trimmed)
-    t3 = time.perf_counter()
-    xvector = comps.speaker(prompt.campplus_fbank.float())
-    t4 = time.perf_counter()
-    llm_ids = interleave_vq0206(vq02, vq06)
+    signal = tokenizer_signal(wav, sample_rate, resampler)
+    timings = {"preprocess_s": time.perf_counter() - t0}
+
+    def conditioning() -> tuple[torch.Tensor, torch.Tensor]:
+        start = time.perf_counter()
+        speech_feat = prompt_speech_feat(signal.wav, sample_rate, comps.mel, resampler=resampler)
+        xvector = comps.speaker(campplus_fbank(signal.wav, sample_rate, resampler=resampler).float())
+        timings["speaker_s"] = time.perf_counter() - start
+        return speech_feat, xvector
+
+    def vq06() -> list[int]:
+        start = time.perf_counter()
+        codes = comps.vq06(signal.wav16_trimmed)
+        timings["vq06_s"] = time.perf_counter() - start
+        return codes
+
+    pool = _frontend_pool() if parallel else None
+    pending = [pool.submit(fn) for fn in (conditioning, vq06)] if pool is not None else None
+    try:
+        start = time.perf_counter()
+        vq02 = _vq02_codes(comps, signal.wav16_trimmed, dither, generator)
+        timings["vq02_s"] = time.perf_counter() - start
+        (speech_feat, xvector), vq06_codes = ([f.result() for f in pending] if pending is not None
+                                              else (conditioning(), vq06()))
+    finally:
+        for future in pending or ():
+            future.cancel()  # after an error here: drop what has not started
+    llm_ids = interleave_vq0206(vq02, vq06_codes)
     if len(llm_ids) < 5 * MIN_PROMPT_GROUPS:
         raise InvalidInputError(
-            f"prompt audio: only {prompt.wav16_trimmed.shape[-1] / 16000:.2f} s of speech after silence "
+            f"prompt audio: only {signal.wav16_trimmed.shape[-1] / 16000:.2f} s of speech after silence "
             "trimming; need at least a fraction of a second of speech"
         )
-    cond = VoiceConditioning.from_features(llm_ids_to_mixed(llm_ids), prompt.speech_feat.float(), xvector)
-    timings = {"preprocess_s": t1 - t0, "vq02_s": t2 - t1, "vq06_s": t3 - t2, "speaker_s": t4 - t3}
-    return VoicePrompt(vq02, vq06, llm_ids, audio_token_str(vq02, vq06), cond, timings)
+    cond = VoiceConditioning.from_features(llm_ids_to_mixed(llm_ids), speech_feat.float(), xvector)
+    timings["total_s"] = time.perf_counter() - t0
+    return VoicePrompt(vq02, vq06_codes, llm_ids, audio_token_str(vq02, vq06_codes), cond, timings)
+
+
+_POOL: Optional[ThreadPoolExecutor] = None
+_POOL_LOCK = threading.Lock()
+
+
+def _frontend_pool() -> ThreadPoolExecutor:
+    """The process's front-end worker threads (created on first use). Two chains per cold voice; with
+    many cold voices at once they queue here instead of oversubscribing the CPU."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            workers = max(2, min(8, (os.cpu_count() or 2) // 2))
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="editx-frontend")
+        return _POOL
 
 
 def _vq02_codes(comps: Components, wav16: torch.Tensor, dither: float,

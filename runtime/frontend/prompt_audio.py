@@ -61,21 +61,42 @@ def preprocess_prompt(
     (torchaudio-exact, upstream parity) or "soxr" (libsoxr HQ; faster on long audio, not
     bit-identical to upstream).
     """
+    signal = tokenizer_signal(wav, sample_rate, resampler)
+    return PromptAudio(
+        wav=signal.wav,
+        sample_rate=sample_rate,
+        peak_before_guard=signal.peak_before_guard,
+        speech_feat=prompt_speech_feat(signal.wav, sample_rate, mel_config, precision, resampler),
+        campplus_fbank=campplus_fbank(signal.wav, sample_rate, precision, resampler),
+        wav16_norm=signal.wav16_norm,
+        trim_index=signal.trim_index,
+        trim_window=signal.trim_window,
+        wav16_trimmed=signal.wav16_trimmed,
+    )
+
+
+@dataclass(slots=True)
+class TokenizerSignal:
+    """The first half of `preprocess_prompt`: the guarded signal and what the tokenizers consume. The
+    other half (`prompt_speech_feat`, `campplus_fbank` of `wav`) does not depend on it, so a caller
+    may run the two halves concurrently (`engine.voice.encode_voice` does)."""
+
+    wav: torch.Tensor  # [1, N] mono, peak-guarded, at the input rate
+    peak_before_guard: float
+    wav16_norm: torch.Tensor  # [1, N16]
+    trim_index: tuple[int, int]
+    trim_window: TrimWindow
+    wav16_trimmed: torch.Tensor  # [1, trim_window.out_len]
+
+
+def tokenizer_signal(wav: torch.Tensor, sample_rate: int, resampler: str = "sinc") -> TokenizerSignal:
+    """Mono, volume guard, the tokenizers' 16 kHz signal and its silence trim, of `wav [C, N]` or `[N]`.
+    Refuses rates below 16 kHz before any heavy work."""
     mono = to_mono(_float32(wav, "wav"))
     guarded, peak = peak_guard(mono)
-    wav16 = tokenizer_wav16(guarded, sample_rate, resampler)  # checks the rate before any heavy work
+    wav16 = tokenizer_wav16(guarded, sample_rate, resampler)
     trimmed, index, window = trim_silence(wav16)
-    return PromptAudio(
-        wav=guarded,
-        sample_rate=sample_rate,
-        peak_before_guard=peak,
-        speech_feat=prompt_speech_feat(guarded, sample_rate, mel_config, precision, resampler),
-        campplus_fbank=campplus_fbank(guarded, sample_rate, precision, resampler),
-        wav16_norm=wav16,
-        trim_index=index,
-        trim_window=window,
-        wav16_trimmed=trimmed,
-    )
+    return TokenizerSignal(guarded, peak, wav16, index, window, trimmed)
 
 
 def peak_guard(wav: torch.Tensor, limit: float = PEAK_LIMIT) -> tuple[torch.Tensor, float]:

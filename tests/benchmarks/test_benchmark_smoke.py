@@ -106,4 +106,8 @@ def test_frontend_benchmark_times_both_encoder_paths(tmp_path):
     enc = payload["vq02_encoder"]
     assert enc["call_by_call"]["median_ms"] > 0 and enc["layerwise"]["median_ms"] > 0 and enc["calls"] > 1
     assert enc["codes"] > 0 and enc["max_abs_diff"] < 1e-4  # fp32, same rows: summation order only
-    assert set(payload["encode_voice"]["stages_median_ms"]) == {"preprocess_ms", "vq02_ms", "vq06_ms", "speaker_ms"}
+    chains = payload["encode_voice"]
+    for mode in ("serial", "parallel"):
+        assert set(chains[mode]["stages_median_ms"]) == {"preprocess_ms", "vq02_ms", "vq06_ms", "speaker_ms",
+                                                         "total_ms"}
+    assert chains["speedup"] > 0
