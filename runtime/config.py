@@ -99,6 +99,9 @@ class RuntimeConfig:
             The streaming engine then computes and samples only those 5,121 logits (LM head rows).
         onnx_provider: 'auto' (CUDA EP when the device is CUDA and onnxruntime has it, else CPU,
             logged once), 'cpu', or 'cuda' (error if unavailable).
+        onnx_threads: intra-op threads of a front-end graph on the CPU provider; None = min(4, CPUs).
+            Upstream uses 1, on the CUDA provider (also 1 here). The real vq06 graph on the CPU
+            provider takes ~0.5 s per 5 s of prompt with one thread on a 2-core machine (~0.37 s with 2).
         resampler: prompt-audio resampling: 'sinc' (torchaudio-exact, matches upstream's features)
             or 'soxr' (libsoxr HQ: faster on long audio, features differ slightly from upstream).
         voice_cache_bytes: memory bound of the per-voice front-end cache (0 disables it).
@@ -151,6 +154,7 @@ class RuntimeConfig:
     max_length: int = 8192
     audio_only_logits: bool = True
     onnx_provider: str = "auto"
+    onnx_threads: int | None = None
     resampler: str = "sinc"
     voice_cache_bytes: int = 256 * 2**20
     stream: bool = True
@@ -203,6 +207,9 @@ class RuntimeConfig:
             raise InvalidInputError(f"resampler: {self.resampler!r}; use 'sinc' or 'soxr'")
         if self.onnx_provider not in ("auto", "cpu", "cuda"):
             raise InvalidInputError(f"onnx_provider: {self.onnx_provider!r}; use 'auto', 'cpu' or 'cuda'")
+        if self.onnx_threads is not None and (isinstance(self.onnx_threads, bool)
+                                              or not isinstance(self.onnx_threads, int) or self.onnx_threads < 1):
+            raise InvalidInputError(f"onnx_threads: expected a positive int or None, got {self.onnx_threads!r}")
         self.backends = parse_backends(self.backends)
         if self.device.type != "cuda" and "tensorrt" in self.backends.values():
             stages = [s for s, b in self.backends.items() if b == "tensorrt"]

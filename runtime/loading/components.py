@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -23,13 +24,14 @@ from ..models.campplus import SpeakerEncoder
 from ..models.flow import FlowConfig, FlowModel, load_flow
 from ..models.hift import HiFTConfig, HiFTGenerator, load_hift
 from ..models.interleave import AUDIO_ID_OFFSET, VQ02_CODEBOOK, VQ06_CODEBOOK
-from ..models.onnx_session import OnnxGraph, choose_providers
+from ..models.onnx_session import OnnxGraph, choose_providers, intra_op_threads
 from ..models.step1 import Step1Config, Step1Model, build_step1, load_step1
 from ..models.text import TextTokenizer, load_text_tokenizer
 from ..models.vq02 import SANMEncoderConfig, SANMStreamingEncoder, load_centroids, load_paraformer_encoder
 from ..models.vq06 import Vq06Tokenizer
 from .am_mvn import Cmvn, read_am_mvn
 from .dummy_onnx import campplus_standin, vq06_standin
+from .dummy_vq06_full import vq06_full_standin
 from .layout import resolve_layout
 from .random_init import randomize_
 from .yaml_config import node, read_yaml
@@ -128,7 +130,8 @@ def load_stage_models(source: str | Path, config: RuntimeConfig) -> tuple[FlowMo
 
 
 def _graph(model: Path | bytes, config: RuntimeConfig, what: str) -> OnnxGraph:
-    return OnnxGraph(model, choose_providers(config.onnx_provider, config.device.type, what), what)
+    providers = choose_providers(config.onnx_provider, config.device.type, what)
+    return OnnxGraph(model, providers, what, intra_op_threads(providers, config.onnx_threads))
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,12 +142,14 @@ class DummySpec:
     hift: HiFTConfig
     vq02: SANMEncoderConfig
     max_new_tokens: int
+    vq06_graph: Callable[[int], bytes] = vq06_standin  # seed -> ONNX bytes
 
 
 def dummy_spec(name: str) -> DummySpec:
     """Sizes of a dummy preset: `dummy:full` has every real dimension, `dummy:tiny` runs in seconds on CPU."""
     if name == "dummy:full":
-        return DummySpec(Step1Config.full(), FlowConfig.full(), HiFTConfig.full(), SANMEncoderConfig.full(), 1024)
+        return DummySpec(Step1Config.full(), FlowConfig.full(), HiFTConfig.full(), SANMEncoderConfig.full(), 1024,
+                         vq06_full_standin)
     # ~250 tokens = 6 s of audio: random weights rarely sample the stop id, so cap the length.
     return DummySpec(Step1Config.tiny(), FlowConfig.tiny(), HiFTConfig.tiny(), SANMEncoderConfig.tiny(), 250)
 
@@ -168,7 +173,7 @@ def _build_dummy(name: str, config: RuntimeConfig) -> Components:
         centroids=centroids,
         cmvn=_dummy_cmvn(),
         vq02_frontend=Vq02FrontendConfig(),
-        vq06=Vq06Tokenizer(_graph(vq06_standin(seed), config, "vq06 tokenizer (random stand-in)")),
+        vq06=Vq06Tokenizer(_graph(spec.vq06_graph(seed), config, "vq06 tokenizer (random stand-in)")),
         speaker=SpeakerEncoder(_graph(campplus_standin(seed), config, "CAM++ (random stand-in)")),
         mel=MelConfig(),
         source=name,

@@ -1,13 +1,15 @@
 """ONNX Runtime sessions for the front-end graphs (vq06 tokenizer, CAM++ speaker encoder).
 
 Upstream runs both through onnxruntime (vq06 on the CUDA EP, CAM++ on the CPU EP,
-ORT_ENABLE_ALL, 1 intra-op thread; spec §3.3, §5.2). Input names are read from the
+ORT_ENABLE_ALL, 1 intra-op thread; spec §3.3, §5.2); on the CPU provider we use a few threads
+(`intra_op_threads`). Input names are read from the
 session, never hard-coded, because the real files name them differently from our
 stand-ins.
 """
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,15 @@ def choose_providers(request: str, device_type: str, what: str) -> list[str]:
     return chosen
 
 
+def intra_op_threads(providers: list[str], requested: int | None) -> int:
+    """Threads for one session: 1 on the CUDA provider (upstream's setting; the work is on the GPU),
+    else `requested` or min(4, CPUs): a 500 MB graph on one CPU thread would hold a cold voice for
+    half a second, and more than 4 would crowd the engine's own threads."""
+    if providers[0] == "CUDAExecutionProvider":
+        return 1
+    return requested if requested is not None else max(1, min(4, os.cpu_count() or 1))
+
+
 class OnnxGraph:
     """One onnxruntime session; `run` feeds inputs by position and returns every output."""
 
@@ -52,6 +63,8 @@ class OnnxGraph:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads
+        # Idle pool threads sleep instead of spinning: the same cores run torch's front end and the engine.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         src = model if isinstance(model, bytes) else str(model)
         try:
