@@ -31,7 +31,7 @@ from ..models.vq02 import SANMEncoderConfig, SANMStreamingEncoder, load_centroid
 from ..models.vq06 import Vq06Tokenizer
 from .am_mvn import Cmvn, read_am_mvn
 from .dummy_onnx import campplus_standin, vq06_standin
-from .dummy_vq06_full import vq06_full_standin
+from .dummy_vq06_full import vq06_full_standin_file
 from .layout import resolve_layout
 from .random_init import randomize_
 from .yaml_config import node, read_yaml
@@ -142,14 +142,14 @@ class DummySpec:
     hift: HiFTConfig
     vq02: SANMEncoderConfig
     max_new_tokens: int
-    vq06_graph: Callable[[int], bytes] = vq06_standin  # seed -> ONNX bytes
+    vq06_graph: Callable[[int], "bytes | Path"] = vq06_standin  # seed -> ONNX bytes or file
 
 
 def dummy_spec(name: str) -> DummySpec:
     """Sizes of a dummy preset: `dummy:full` has every real dimension, `dummy:tiny` runs in seconds on CPU."""
     if name == "dummy:full":
         return DummySpec(Step1Config.full(), FlowConfig.full(), HiFTConfig.full(), SANMEncoderConfig.full(), 1024,
-                         vq06_full_standin)
+                         vq06_full_standin_file)
     # ~250 tokens = 6 s of audio: random weights rarely sample the stop id, so cap the length.
     return DummySpec(Step1Config.tiny(), FlowConfig.tiny(), HiFTConfig.tiny(), SANMEncoderConfig.tiny(), 250)
 

@@ -11,11 +11,15 @@ onnxruntime work per second of audio as the real graph, not its codes.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from .dummy_onnx import _init, _model_bytes
 
 WIDTH, HEADS, BLOCKS, MLP, CODEBOOK, POSITIONS, MELS = 1280, 20, 6, 5120, 4096, 1500, 128
+STANDIN_VERSION = 1  # bump when the graph changes: cached files carry it in their name
 
 
 class _Graph:
@@ -106,3 +110,22 @@ def _attention(g: _Graph, x: str) -> str:
     attn = g.op("Softmax", g.op("MatMul", q, k), axis=-1)           # [1, H, T', T']
     out = g.op("Transpose", g.op("MatMul", attn, v), perm=[0, 2, 1, 3])
     return g.linear(g.op("Reshape", out, g.const([1, -1, WIDTH], np.int64)), WIDTH, WIDTH)
+
+
+def vq06_full_standin_file(seed: int = 0) -> Path | bytes:
+    """`vq06_full_standin(seed)` written once to the cache directory ($EDITX_CACHE, else
+    ~/.cache/editx) and reused: building the 520 MB graph takes ~6 s, and every `dummy:full` load
+    (each GPU benchmark step) would pay it again. Falls back to the bytes when nothing can be written."""
+    directory = Path(os.environ.get("EDITX_CACHE") or Path.home() / ".cache" / "editx")
+    path = directory / f"vq06_full_standin_v{STANDIN_VERSION}_seed{seed}.onnx"
+    if path.is_file():
+        return path
+    model = vq06_full_standin(seed)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_bytes(model)
+        partial.replace(path)  # atomic: a concurrent loader sees the whole file or none
+    except OSError:
+        return model
+    return path

@@ -66,3 +66,19 @@ def test_full_vq06_standin_passes_the_tokenizers_rate_check(full_vq06):
 
     codes = Vq06Tokenizer(graph)(torch.from_numpy(wav))
     assert abs(len(codes) - 75) <= 2
+
+
+def test_full_vq06_standin_is_cached_on_disk(tmp_path, monkeypatch, full_vq06):
+    from editx.loading import dummy_vq06_full
+
+    model, _ = full_vq06
+    built = []
+    monkeypatch.setenv("EDITX_CACHE", str(tmp_path))
+    monkeypatch.setattr(dummy_vq06_full, "vq06_full_standin", lambda seed: built.append(seed) or model)
+    first = dummy_vq06_full.vq06_full_standin_file(0)
+    second = dummy_vq06_full.vq06_full_standin_file(0)
+    assert first == second and first.parent == tmp_path and built == [0]  # built once, then read
+    assert first.read_bytes() == model and not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setenv("EDITX_CACHE", str(tmp_path / "file"))
+    (tmp_path / "file").write_text("not a directory")
+    assert dummy_vq06_full.vq06_full_standin_file(0) == model  # nowhere to write: the bytes themselves
