@@ -21,7 +21,8 @@
 # run: the overlap's effect), stages.json (decoder_slots: packed caches vs the DiT slot pool with
 # CUDA graphs; profile_decoder(_slots): where a chunk's time goes, packed caches / the slot pool; decoder_batch: batched vs per-stream chunks;
 # sampling: the engine's per-step sampling, blocks vs rows; frontend: a cold voice's front end by stage,
-# the vq02 encoder call by call vs layer by layer; stream_first6: the streaming sweep with a 6-frame first chunk), llm_step.json (one LLM decode step and a
+# the vq02 encoder call by call vs layer by layer; stream_first6: the streaming sweep with a 6-frame first chunk;
+# stream_distinct: a new voice per request), llm_step.json (one LLM decode step and a
 # 300-token prefill, unfused vs fused q|k|v and gate|up projections, eager and CUDA-graphed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,7 +42,7 @@ status=0
 DEADLINE=${DEADLINE:-560}  # seconds: a step never runs past it (the device call's timeout sits above it)
 # STEPS: the step keys to run (default all; the install always runs), e.g. STEPS="offline decoder_batch
 # kernel_bench llm_step" for a second, shorter run: install engine_tests decoder_slots stream
-# stream_first6 kernel_tests stream_inline profile offline sampling decoder_batch frontend kernel_bench llm_step.
+# stream_first6 stream_distinct kernel_tests stream_inline profile offline sampling decoder_batch frontend kernel_bench llm_step.
 step() {  # step <key> <seconds> <title> <command...>: time-boxed (also by DEADLINE), logged, failure recorded
   local key=$1 limit=$2 title=$3; shift 3
   if [ -n "${STEPS:-}" ] && [ "$key" != install ] && [[ " $STEPS " != *" $key "* ]]; then return; fi
@@ -86,6 +87,10 @@ step stream 200 "streaming benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/benc
 step stream_first6 80 "streaming benchmark, first chunk 6 frames: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py \
     --model "$MODEL" --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${FIRST6_CONCURRENCY:-1 4 16} \
     --prompt-audio "$PROMPT" --chunk-frames 6,24,48 --no-plot --out "$OUT/.parts/stages/stream_first6.json"
+# Every request its own new voice (n front ends and LLM prefixes), as when each client uploads a recording.
+step stream_distinct 70 "streaming benchmark, a new voice per request: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py \
+    --model "$MODEL" --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${DISTINCT_CONCURRENCY:-1 4 16} \
+    --prompt-audio "$PROMPT" --voices distinct --no-plot --out "$OUT/.parts/stages/stream_distinct.json"
 step kernel_tests 70 "kernel tests on $DEVICE" env $KENV $PY -m pytest -q tests/kernels
 step stream_inline 100 "streaming benchmark, decoder inside the engine step: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_stream.py \
     --model "$MODEL" --device "$DEVICE" --tokens "${STREAM_TOKENS:-200}" --concurrency ${STREAM_CONCURRENCY:-1 4 16 64} \

@@ -7,13 +7,15 @@ For each concurrency level N, N clone requests are submitted at once from N thre
 consumed as streams. Per request: `ttfa_ms` (submit -> first audio chunk), `rtf` (wall time to
 the last chunk / audio seconds), `underruns` (chunks that arrive after real-time playback of
 everything before them, playback starting at the first chunk). Per level: p50/p90/p99 TTFA,
-mean RTF, total `audio_s_per_s`. Each level runs with a cold voice (front end computed) and a
-cached voice (front end skipped). The offline path (whole utterance, then audio) is measured
+mean RTF, total `audio_s_per_s`. Each level runs with a cold voice (front end computed once for all)
+and a cached voice (front end skipped); `--voices ... distinct` adds a level where every request brings
+its own new voice (n front ends, n LLM prefixes). The offline path (whole utterance, then audio) is measured
 in the same run at concurrency 1 as the baseline.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import sys
 import threading
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -46,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-plot", action="store_true", help="write only the JSON (no SVG plot)")
     p.add_argument("--chunk-frames", default=None, metavar="N,N,...",
                    help="decoder chunk sizes in token frames (RuntimeConfig.stream_chunk_frames; default 15,24,48)")
+    p.add_argument("--voices", nargs="+", choices=VOICES, default=["cold", "cached"],
+                   help="voice modes per level: cold (one voice, cache cleared), cached, distinct (a new voice "
+                        "per request)")
     p.add_argument("--out", default=None)
     return p.parse_args(argv)
 
@@ -96,13 +102,30 @@ def ttfa_parts(start: float, timeline: dict) -> dict:
     return parts
 
 
-def run_level(rt: Runtime, prompt, n: int, tokens: int, cached: bool) -> dict:
-    if not cached:
-        rt.voice_cache.clear()
-    else:
+VOICES = ("cold", "cached", "distinct")
+
+
+def level_prompts(rt: Runtime, prompt: bytes, n: int, voice: str) -> list:
+    """The n requests' prompt audio. "cold": one voice for all, the voice cache cleared (its front end
+    runs once, the other requests wait for it); "cached": the same voice encoded beforehand; "distinct":
+    every request its own new voice (the prompt at a slightly different gain: another content hash, so
+    its own front end and LLM prefix), as when each client uploads its own recording."""
+    rt.voice_cache.clear()
+    if voice == "cached":
         rt.encode_voice(prompt)
+    if voice != "distinct":
+        return [prompt] * n
+    samples, sr = sf.read(io.BytesIO(prompt), dtype="float32", always_2d=True)
+    return [((samples.T * np.float32(1 - 1e-3 * (i + 1))).copy(), sr) for i in range(n)]
+
+
+def run_level(rt: Runtime, prompt, n: int, tokens: int, voice: str) -> dict:
+    prompts = level_prompts(rt, prompt, n, voice)
+    cache = rt.voice_cache
+    computed_before = cache.misses - cache.joined  # misses that ran the front end themselves
     records: list[dict] = []
-    threads = [threading.Thread(target=one_stream, args=(rt, prompt, 1000 + i, tokens, records)) for i in range(n)]
+    threads = [threading.Thread(target=one_stream, args=(rt, prompts[i], 1000 + i, tokens, records))
+               for i in range(n)]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -115,7 +138,7 @@ def run_level(rt: Runtime, prompt, n: int, tokens: int, cached: bool) -> dict:
     ttfa = [r["ttfa_ms"] for r in voiced]
     parts = {name: statistics.median(r["ttfa_parts_ms"][name] for r in voiced if name in r["ttfa_parts_ms"])
              for name, _ in TTFA_PARTS if any(name in r["ttfa_parts_ms"] for r in voiced)}
-    return {"concurrency": n, "voice": "cached" if cached else "cold",
+    return {"concurrency": n, "voice": voice, "front_ends_run": cache.misses - cache.joined - computed_before,
             "ttfa_ms_p50": percentile(ttfa, 50), "ttfa_ms_p90": percentile(ttfa, 90),
             "ttfa_ms_p99": percentile(ttfa, 99), "ttfa_parts_ms_p50": parts,
             "rtf_mean": statistics.mean(r["rtf"] for r in voiced), "empty_requests": len(records) - len(voiced),
@@ -184,8 +207,8 @@ def main(argv=None) -> dict:
                "tokens_per_request": args.tokens, "levels": [], "offline_baseline_c1": baseline, "complete": False}
     levels = payload["levels"]
     for n in args.concurrency:
-        for cached in (False, True):
-            levels.append(run_level(rt, prompt, n, args.tokens, cached))
+        for voice in args.voices:
+            levels.append(run_level(rt, prompt, n, args.tokens, voice))
             lv = levels[-1]
             split = ", ".join(f"{k} {v:.0f}" for k, v in lv["ttfa_parts_ms_p50"].items())
             progress(f"c={n} {lv['voice']}: ttfa p50 {lv['ttfa_ms_p50']:.1f} ms ({split}), "
@@ -198,13 +221,14 @@ def main(argv=None) -> dict:
     payload.update(complete=True, streaming_vs_offline=deviation, engine=rt.engine_stats())
     write_json(out, payload)
     if not args.no_plot:
-        cached = [lv for lv in levels if lv["voice"] == "cached"]
+        mode = "cached" if "cached" in args.voices else args.voices[0]
+        shown = [lv for lv in levels if lv["voice"] == mode]
         write_svg_plot(out.with_suffix(".svg"), "concurrency",
-                       {"TTFA p50 (ms)": [(lv["concurrency"], lv["ttfa_ms_p50"]) for lv in cached],
-                        "TTFA p99 (ms)": [(lv["concurrency"], lv["ttfa_ms_p99"]) for lv in cached],
-                        "audio s per s (x100)": [(lv["concurrency"], 100 * lv["audio_s_per_s"]) for lv in cached]},
-                       title=f"editx streaming, {args.model} on {payload['env']['device_name']}")
-    rows = [(f"c={lv['concurrency']:<3} {lv['voice']:<6}",
+                       {"TTFA p50 (ms)": [(lv["concurrency"], lv["ttfa_ms_p50"]) for lv in shown],
+                        "TTFA p99 (ms)": [(lv["concurrency"], lv["ttfa_ms_p99"]) for lv in shown],
+                        "audio s per s (x100)": [(lv["concurrency"], 100 * lv["audio_s_per_s"]) for lv in shown]},
+                       title=f"editx streaming ({mode} voice), {args.model} on {payload['env']['device_name']}")
+    rows = [(f"c={lv['concurrency']:<3} {lv['voice']:<8}",
              f"ttfa p50 {lv['ttfa_ms_p50']:8.1f} ms  p99 {lv['ttfa_ms_p99']:8.1f} ms  rtf {lv['rtf_mean']:.3f}  "
              f"underruns {lv['underruns']:3d}  audio s/s {lv['audio_s_per_s']:.2f}") for lv in levels]
     rows.append(("offline c=1", f"first audio {baseline['ttfa_ms']:8.1f} ms  rtf {baseline['rtf']:.3f}"))

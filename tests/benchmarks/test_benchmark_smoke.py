@@ -29,9 +29,12 @@ def test_stream_benchmark_writes_levels_and_the_ttfa_split(tmp_path):
         pytest.skip("speech clips not found (../shared/audio)")
     out = tmp_path / "stream.json"
     run("bench_stream.py", "--concurrency", "1", "2", "--tokens", "40", "--prompt-audio", str(AUDIO),
-        "--no-plot", "--out", str(out))
+        "--voices", "cold", "cached", "distinct", "--no-plot", "--out", str(out))
     payload = json.loads(out.read_text())
-    assert payload["complete"] and [lv["concurrency"] for lv in payload["levels"]] == [1, 1, 2, 2]
+    assert payload["complete"] and [lv["concurrency"] for lv in payload["levels"]] == [1, 1, 1, 2, 2, 2]
+    # one front end for a shared cold voice, none for a cached one, one per request for distinct voices
+    assert [(lv["voice"], lv["front_ends_run"]) for lv in payload["levels"]] == [
+        ("cold", 1), ("cached", 0), ("distinct", 1), ("cold", 1), ("cached", 0), ("distinct", 2)]
     assert all(set(lv["ttfa_parts_ms_p50"]) == {"front_end", "to_first_token", "first_chunk_tokens", "decoder"}
                for lv in payload["levels"])
     assert not out.with_suffix(".svg").exists()
