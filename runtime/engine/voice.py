@@ -11,12 +11,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Optional
+from functools import partial
+from typing import Any, Callable, Optional
 
 import torch
 
 from ..errors import InvalidInputError
-from ..frontend.prompt_audio import campplus_fbank, prompt_speech_feat, tokenizer_signal
+from ..frontend.prompt_audio import TokenizerSignal, campplus_fbank, prompt_speech_feat, tokenizer_signal
 from ..frontend.vq02_features import extract_vq02_features
 from ..loading.components import Components
 from ..models.interleave import audio_token_str, interleave_vq0206, llm_ids_to_mixed
@@ -63,31 +64,13 @@ def encode_voice(comps: Components, wav: torch.Tensor, sample_rate: int, *, dith
         raise InvalidInputError(f"prompt audio is silent (peak {peak:.2g}); it must contain speech")
     signal = tokenizer_signal(wav, sample_rate, resampler)
     timings = {"preprocess_s": time.perf_counter() - t0}
-
-    def conditioning() -> tuple[torch.Tensor, torch.Tensor]:
-        start = time.perf_counter()
-        speech_feat = prompt_speech_feat(signal.wav, sample_rate, comps.mel, resampler=resampler)
-        xvector = comps.speaker(campplus_fbank(signal.wav, sample_rate, resampler=resampler).float())
-        timings["speaker_s"] = time.perf_counter() - start
-        return speech_feat, xvector
-
-    def vq06() -> list[int]:
-        start = time.perf_counter()
-        codes = comps.vq06(signal.wav16_trimmed)
-        timings["vq06_s"] = time.perf_counter() - start
-        return codes
-
-    pool = _frontend_pool() if parallel else None
-    pending = [pool.submit(fn) for fn in (conditioning, vq06)] if pool is not None else None
-    try:
-        start = time.perf_counter()
-        vq02 = _vq02_codes(comps, signal.wav16_trimmed, dither, generator)
-        timings["vq02_s"] = time.perf_counter() - start
-        (speech_feat, xvector), vq06_codes = ([f.result() for f in pending] if pending is not None
-                                              else (conditioning(), vq06()))
-    finally:
-        for future in pending or ():
-            future.cancel()  # after an error here: drop what has not started
+    chains = {
+        "conditioning": partial(_conditioning, comps, signal, sample_rate, resampler),
+        "vq06": partial(comps.vq06, signal.wav16_trimmed),
+        "vq02": partial(_vq02_codes, comps, signal.wav16_trimmed, dither, generator),
+    }
+    results = _run_chains(chains, timings, parallel)
+    (speech_feat, xvector), vq06_codes, vq02 = results["conditioning"], results["vq06"], results["vq02"]
     llm_ids = interleave_vq0206(vq02, vq06_codes)
     if len(llm_ids) < 5 * MIN_PROMPT_GROUPS:
         raise InvalidInputError(
@@ -97,6 +80,34 @@ def encode_voice(comps: Components, wav: torch.Tensor, sample_rate: int, *, dith
     cond = VoiceConditioning.from_features(llm_ids_to_mixed(llm_ids), speech_feat.float(), xvector)
     timings["total_s"] = time.perf_counter() - t0
     return VoicePrompt(vq02, vq06_codes, llm_ids, audio_token_str(vq02, vq06_codes), cond, timings)
+
+
+def _run_chains(chains: dict[str, Callable[[], Any]], timings: dict, parallel: bool) -> dict[str, Any]:
+    """Run the named chains (the last on this thread, the others on the pool when `parallel`); each
+    one's wall time lands in timings["<name>_s"]. A chain's error is raised here."""
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        result = fn()
+        timings[f"{name}_s"] = time.perf_counter() - start
+        return result
+
+    *others, (last, last_fn) = chains.items()
+    if not parallel:
+        return {name: timed(name, fn) for name, fn in chains.items()}
+    pending = {name: _frontend_pool().submit(timed, name, fn) for name, fn in others}
+    try:
+        results = {last: timed(last, last_fn)}
+        return {**{name: future.result() for name, future in pending.items()}, **results}
+    finally:
+        for future in pending.values():
+            future.cancel()  # after an error on this thread: drop what has not started
+
+
+def _conditioning(comps: Components, signal: TokenizerSignal, sample_rate: int, resampler: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder's conditioning: prompt mel [1, T, 80] (24 kHz) and the CAM++ x-vector [1, 192]."""
+    speech_feat = prompt_speech_feat(signal.wav, sample_rate, comps.mel, resampler=resampler)
+    xvector = comps.speaker(campplus_fbank(signal.wav, sample_rate, resampler=resampler).float())
+    return speech_feat, xvector
 
 
 _POOL: Optional[ThreadPoolExecutor] = None

@@ -111,6 +111,6 @@ def test_frontend_benchmark_times_both_encoder_paths(tmp_path):
     assert enc["codes"] > 0 and enc["max_abs_diff"] < 1e-4  # fp32, same rows: summation order only
     chains = payload["encode_voice"]
     for mode in ("serial", "parallel"):
-        assert set(chains[mode]["stages_median_ms"]) == {"preprocess_ms", "vq02_ms", "vq06_ms", "speaker_ms",
+        assert set(chains[mode]["stages_median_ms"]) == {"preprocess_ms", "vq02_ms", "vq06_ms", "conditioning_ms",
                                                          "total_ms"}
     assert chains["speedup"] > 0
