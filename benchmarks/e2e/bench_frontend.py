@@ -1,6 +1,6 @@
-"""Front end of a cold voice (prompt audio -> codes, mel, x-vector), stage by stage, with the vq02
-encoder run call by call (upstream's loop, `encode_chunked`) and layer by layer (`encode`) in the
-same run on the same features.
+"""Front end of a cold voice (prompt audio -> codes, mel, x-vector), stage by stage: the vq02 features
+piece by piece vs in one fbank call, and the vq02 encoder run call by call (upstream's loop,
+`encode_chunked`) vs layer by layer (`encode`), in the same run on the same inputs.
 
     python benchmarks/e2e/bench_frontend.py                                  # dummy:tiny, CPU
     python benchmarks/e2e/bench_frontend.py --model dummy:full               # real encoder dims, CPU (slow)
@@ -31,7 +31,8 @@ from editx import Runtime  # noqa: E402
 from editx.engine.voice import encode_voice  # noqa: E402
 from editx.frontend.audio_io import load_audio  # noqa: E402
 from editx.frontend.prompt_audio import preprocess_prompt  # noqa: E402
-from editx.frontend.vq02_features import extract_vq02_features  # noqa: E402
+from editx.frontend.vq02_features import (Vq02FrontendState, extract_vq02_features,  # noqa: E402
+                                          extract_vq02_piece)
 from editx.models.vq02 import kmeans_codes  # noqa: E402
 
 
@@ -56,6 +57,33 @@ def timed(fn, device: torch.device):
 
 def summary(samples: list[float]) -> dict:
     return {"median_ms": statistics.median(samples), "min_ms": min(samples), "rounds": len(samples)}
+
+
+def feature_paths(comps, wav16: torch.Tensor, rounds: int) -> dict:
+    """vq02 features (fbank, LFR, CMVN; CPU) piece by piece through the streaming step API vs all
+    pieces' fbank in one call (`extract_vq02_features`), alternating; both with the same dither seed."""
+    x = wav16.reshape(-1)
+    pieces = [x[i:i + comps.vq02_frontend.piece_samples] for i in range(0, x.shape[0], comps.vq02_frontend.piece_samples)]
+
+    def piece_by_piece():
+        state, gen = Vq02FrontendState(), torch.Generator().manual_seed(0)
+        for i, piece in enumerate(pieces):
+            _, state = extract_vq02_piece(piece, state, comps.cmvn, is_final=i == len(pieces) - 1, dither=1.0,
+                                          generator=gen, config=comps.vq02_frontend)
+
+    def one_call():
+        extract_vq02_features(x, comps.cmvn, dither=1.0, generator=torch.Generator().manual_seed(0),
+                              config=comps.vq02_frontend)
+
+    paths = {"piece_by_piece": piece_by_piece, "one_call": one_call}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    one_call(), piece_by_piece()  # warm-up
+    for r in range(rounds):
+        for name in (list(paths) if r % 2 == 0 else list(reversed(paths))):
+            times[name].append(timed(paths[name], torch.device("cpu"))[1])
+    result = {name: summary(t) for name, t in times.items()}
+    result["speedup"] = result["piece_by_piece"]["median_ms"] / result["one_call"]["median_ms"]
+    return result
 
 
 def encoder_paths(comps, feats: torch.Tensor, lengths: list[int], rounds: int, device: torch.device) -> dict:
@@ -113,6 +141,9 @@ def main(argv=None) -> dict:
     progress(f"loaded {args.model} on {device}")
     wav, sr = load_audio(args.prompt_audio, what="prompt audio")
     prompt = preprocess_prompt(wav, sr, comps.mel, resampler=rt.config.resampler)
+    features = feature_paths(comps, prompt.wav16_trimmed, max(args.rounds, 5))
+    progress(f"vq02 features: piece by piece {features['piece_by_piece']['median_ms']:.1f} ms, one fbank call "
+             f"{features['one_call']['median_ms']:.1f} ms (x{features['speedup']:.2f})")
     feats, lengths = extract_vq02_features(prompt.wav16_trimmed, comps.cmvn, dither=0.0, config=comps.vq02_frontend)
     dtype = next(comps.vq02.parameters()).dtype
     feats = feats.to(device=device, dtype=dtype)
@@ -125,9 +156,12 @@ def main(argv=None) -> dict:
              f"{chains['parallel']['median_ms']:.1f} ms (x{chains['speedup']:.2f})")
     rt.close()
     payload = {"benchmark": "e2e/frontend", "model": args.model, "env": environment(device),
-               "prompt_audio_s": wav.shape[-1] / sr, "vq02_dtype": str(dtype), "vq02_encoder": encoder,
+               "prompt_audio_s": wav.shape[-1] / sr, "vq02_dtype": str(dtype), "vq02_features": features,
+               "vq02_encoder": encoder,
                "encode_voice": chains}
-    rows = [("vq02 encoder, call by call", f"{encoder['call_by_call']['median_ms']:9.1f} ms"),
+    rows = [("vq02 features, piece by piece", f"{features['piece_by_piece']['median_ms']:9.1f} ms"),
+            ("vq02 features, one fbank call", f"{features['one_call']['median_ms']:9.1f} ms  (x{features['speedup']:.2f})"),
+            ("vq02 encoder, call by call", f"{encoder['call_by_call']['median_ms']:9.1f} ms"),
             ("vq02 encoder, layer by layer", f"{encoder['layerwise']['median_ms']:9.1f} ms  "
              f"(x{encoder['speedup']:.2f}; max diff {encoder['max_abs_diff']:.2g}, "
              f"{encoder['codes_differing']}/{encoder['codes']} codes differ)")]

@@ -99,16 +99,23 @@ def test_full_pieces_emit_four_frames_each():
     assert lengths[:6] == [4] * 6 and len(lengths) == 7
 
 
-def test_piece_api_equals_whole_utterance():
-    x = torch.randn(3840 * 3 + 1234) * 0.1
+# Odd lengths: a final piece shorter than one frame (flush), a last piece of exactly one frame, whole
+# pieces only, one piece, one sample over a piece.
+@pytest.mark.parametrize("n", [3840 * 3 + 1234, 3840 * 2 + 250, 3840 + 400, 3840 * 5, 2999, 3841])
+@pytest.mark.parametrize("dither", [0.0, 1.0])
+def test_piece_api_equals_whole_utterance(n, dither):
+    """`extract_vq02_features` computes every piece's fbank in one call; the streaming step API computes
+    them piece by piece: the same features bit for bit, dither draws included (same generator seed)."""
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 0.1
     cmvn = _random_cmvn(1)
-    whole, _ = extract_vq02_features(x[None], cmvn, dither=0.0)
-    state, parts = Vq02FrontendState(), []
+    whole, lengths = extract_vq02_features(x[None], cmvn, dither=dither, generator=torch.Generator().manual_seed(5))
+    state, parts, gen = Vq02FrontendState(), [], torch.Generator().manual_seed(5)
     pieces = [x[i : i + 3840] for i in range(0, x.shape[0], 3840)]
     for i, p in enumerate(pieces):
-        feats, state = extract_vq02_piece(p, state, cmvn, is_final=i == len(pieces) - 1, dither=0.0)
+        feats, state = extract_vq02_piece(p, state, cmvn, is_final=i == len(pieces) - 1, dither=dither, generator=gen)
         parts.append(feats)
     assert torch.equal(torch.cat(parts)[None], whole)
+    assert lengths == [p.shape[0] for p in parts if p.shape[0]]
 
 
 def test_float32_precision_is_upstream_arithmetic_and_close():
