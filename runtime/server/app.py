@@ -37,10 +37,9 @@ from ..errors import CheckpointError, EditXError, InvalidInputError
 from ..frontend.audio_io import load_audio
 from ..models.text import EDIT_TYPES
 from ..types import OUTPUT_SAMPLE_RATE, AudioChunk
-from . import wire
+from . import openai_speech, wire
 from .metrics import CONTENT_TYPE as METRICS_TYPE
 from .metrics import render as render_metrics
-from . import openai_speech
 from .schemas import CloneBody, EditBody, SamplingBody, SpeechBody, VoiceBody
 from .state import Admission, Counters, Overloaded, ServerConfig, StoredVoice, UnknownVoice, VoiceRegistry
 
