@@ -141,8 +141,9 @@ def prompt_mel(
     window = torch.hann_window(config.win_size, device=x.device, dtype=x.dtype)
     spec = torch.stft(x, config.n_fft, hop_length=config.hop_size, win_length=config.win_size, window=window,
                       center=False, normalized=False, onesided=True, return_complex=True)
-    spec = torch.view_as_real(spec)  # spec: [1, F, T, 2]
-    magnitude = torch.sqrt(spec.pow(2).sum(-1) + 1e-9)  # magnitude: [1, F, T]
+    # re^2 + im^2 as two elementwise ops: upstream's view_as_real(...).pow(2).sum(-1) adds the same two
+    # squares (bit-identical), but a reduction over a last axis of 2 took 6 ms per 5 s prompt here.
+    magnitude = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-9)  # magnitude: [1, F, T]
     basis = _mel_tensor(config.sampling_rate, config.n_fft, config.num_mels, config.fmin, config.fmax, x.device)
     mel = torch.matmul(basis.to(x.dtype), magnitude)  # mel: [1, num_mels, T]
     return torch.log(torch.clamp(mel, min=1e-5)).transpose(1, 2).float()
