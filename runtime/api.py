@@ -174,6 +174,13 @@ class Runtime:
         wav, sr = self._load(audio, "audio")
         return self._voice(wav, sr)
 
+    def forget_voice(self, audio: AudioInput) -> bool:
+        """Drop the cached front-end results (codes, prompt mel, x-vector) of this recording; returns
+        whether they were cached. KV blocks of earlier prompts stay in the prefix cache until the pool
+        needs their space (they hold LLM activations, no audio)."""
+        wav, sr = self._load(audio, "audio")
+        return self.voice_cache.discard(self._voice_key(wav, sr))
+
     def engine_stats(self) -> dict:
         """Scheduler / engine counters (blocks, queue lengths, prefix hits, TTFA misses, underruns),
         and the DiT slot pool's (slots, free slots, CUDA graphs captured)."""
@@ -264,9 +271,13 @@ class Runtime:
         chosen = seed if seed is not None else (base.seed if base.seed is not None else self.config.seed)
         return SamplingParams(**{**_fields(base), "seed": int(chosen)})
 
+    def _voice_key(self, wav: torch.Tensor, sr: int) -> str:
+        cfg = self.config
+        return audio_key(wav, sr, cfg.resampler, cfg.vq02_dither, cfg.seed)
+
     def _voice(self, wav: torch.Tensor, sr: int) -> VoicePrompt:
         cfg = self.config
-        key = audio_key(wav, sr, cfg.resampler, cfg.vq02_dither, cfg.seed)
+        key = self._voice_key(wav, sr)
 
         def compute() -> VoicePrompt:
             gen = torch.Generator().manual_seed((int(key[:15], 16) + cfg.seed) % 2**63)

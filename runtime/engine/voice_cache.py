@@ -129,6 +129,14 @@ class VoiceCache:
                 _, (_, evicted) = self._items.popitem(last=False)
                 self._bytes -= evicted
 
+    def discard(self, key: str) -> bool:
+        """Drop one voice's cached front-end results; whether it was there."""
+        with self._lock:
+            item = self._items.pop(key, None)
+            if item is not None:
+                self._bytes -= item[1]
+            return item is not None
+
     def clear(self) -> None:
         with self._lock:
             self._items.clear()

@@ -3,6 +3,7 @@
     POST /v1/clone   {"prompt_audio": b64 | "voice_id": id, "prompt_text", "text", ...}  -> audio
     POST /v1/edit    {"audio": b64 | "voice_id": id, "audio_text", "edit_type", "edit_info", ...} -> audio
     POST /v1/voices  {"audio": b64, "text"?, "name"?} -> {"voice_id", ...}   (upload a prompt once)
+    GET  /v1/voices, DELETE /v1/voices/{id or name}   (list; forget a recording and its cached results)
     POST /v1/audio/speech  OpenAI's body {"input", "voice", "response_format"} -> audio (openai_speech.py)
     GET  /health, /v1/info, /v1/stats, /metrics (Prometheus text format)
 
@@ -79,6 +80,18 @@ def create_app(runtime, config: Optional[ServerConfig] = None, model_name: str =
     @app.post("/v1/voices")
     async def upload_voice(body: VoiceBody) -> dict:
         return await server.upload_voice(body)
+
+    @app.get("/v1/voices")
+    async def list_voices() -> dict:
+        return {"voices": server.voices.describe()}
+
+    @app.delete("/v1/voices/{ref}")
+    async def delete_voice(ref: str) -> dict:
+        """Forget an uploaded voice (by id or name): its recording, its names and the Runtime's cached
+        front-end results of it."""
+        voice_id, voice = server.voices.remove(ref)
+        await asyncio.to_thread(runtime.forget_voice, voice.audio)
+        return {"deleted": voice_id}
 
     @app.post("/v1/clone")
     async def clone(body: CloneBody, request: Request) -> Response:

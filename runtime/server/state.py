@@ -185,6 +185,25 @@ class VoiceRegistry:
             self._voices.move_to_end(voice_id)
             return self._voices[voice_id]
 
+    def remove(self, ref: str, field: str = "voice_id") -> tuple[str, StoredVoice]:
+        """Forget the voice with id or name `ref` and every name of it; UnknownVoice (404) otherwise."""
+        with self._lock:
+            voice_id = ref if ref in self._voices else self._names.get(ref)
+            if voice_id is None:
+                raise UnknownVoice(f"{field}: unknown voice {ref!r}")
+            voice = self._voices.pop(voice_id)
+            self._bytes -= voice.samples.nbytes
+            self._names = {n: v for n, v in self._names.items() if v != voice_id}
+            return voice_id, voice
+
+    def describe(self) -> list[dict]:
+        """Every stored voice, oldest use first: id, names, whether it has a transcript, duration."""
+        with self._lock:
+            return [{"voice_id": voice_id, "names": sorted(n for n, v in self._names.items() if v == voice_id),
+                     "has_text": voice.text is not None,
+                     "duration_s": round(voice.samples.shape[-1] / voice.sample_rate, 3)}
+                    for voice_id, voice in self._voices.items()]
+
     def names_of(self, voice_id: str) -> list[str]:
         with self._lock:
             return sorted(n for n, v in self._names.items() if v == voice_id)

@@ -141,3 +141,21 @@ def test_registry_names_move_and_leave_with_their_voice():
     reg.put("e", voice())
     with pytest.raises(Exception, match="unknown voice 'alloy'"):
         reg.get("alloy", "voice")  # "b" was evicted and took its name
+
+
+def test_voices_are_listed_and_deleted_with_their_cached_front_end(rt, client, voice):
+    data = speech_clips.require().read_bytes()[:-4000]  # other bytes: a voice of its own
+    uploaded = client.post("/v1/voices", json={"audio": base64.b64encode(data).decode(), "text": TRANSCRIPT,
+                                               "name": "temporary"}).json()
+    listed = {v["voice_id"]: v for v in client.get("/v1/voices").json()["voices"]}
+    assert listed[uploaded["voice_id"]]["names"] == ["temporary"] and listed[voice["voice_id"]]["has_text"]
+    cached = len(rt.voice_cache)
+    r = client.delete("/v1/voices/temporary")
+    assert r.status_code == 200 and r.json() == {"deleted": uploaded["voice_id"]}
+    assert uploaded["voice_id"] not in {v["voice_id"] for v in client.get("/v1/voices").json()["voices"]}
+    assert len(rt.voice_cache) == cached - 1  # the Runtime's front-end results of it are gone too
+    assert speech(client, voice="temporary", response_format="wav").status_code == 404
+    assert speech(client, voice=uploaded["voice_id"], response_format="wav").status_code == 404
+    missing = client.delete("/v1/voices/temporary")
+    assert missing.status_code == 404 and "unknown voice" in missing.json()["error"]["message"]
+    assert speech(client, voice="narrator", response_format="pcm").status_code == 200  # others untouched

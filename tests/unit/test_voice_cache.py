@@ -110,3 +110,11 @@ def test_audio_key_depends_on_samples_rate_and_salt():
     nudged = wav.clone()
     nudged[0, 500] += 1e-6
     assert base != audio_key(nudged, 16000, "sinc")
+
+
+def test_discard_drops_one_voice_and_its_bytes():
+    cache = VoiceCache()
+    cache.put("a", _voice(100))
+    cache.put("b", _voice(50))
+    assert cache.discard("a") and not cache.discard("a")
+    assert cache.get("a") is None and cache.get("b") is not None and cache.nbytes == voice_nbytes(_voice(50))
