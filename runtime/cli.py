@@ -37,6 +37,11 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
                    help="run a stage (dit, flow_encoder, hift, vq02) on torch, onnxruntime or tensorrt; "
                         "repeatable; a bare NAME sets every stage")
     p.add_argument("--export-dir", default=None, help="folder written by `editx export` to take graphs from")
+    p.add_argument("--onnx-provider", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="onnxruntime provider of the vq06 / CAM++ graphs (auto: CUDA when the device is and "
+                        "onnxruntime has it)")
+    p.add_argument("--onnx-threads", type=int, default=None, metavar="N",
+                   help="intra-op threads of those graphs on the CPU provider (default min(4, CPUs))")
     p.add_argument("--chunk-frames", default=None, metavar="N,N,...",
                    help="streamed decoder chunk sizes in token frames, multiples of 3 (default upstream's "
                         "15,24,48; a smaller first chunk gives earlier first audio)")
@@ -167,7 +172,8 @@ def load_runtime(args: argparse.Namespace, report, **overrides):
     return Runtime.from_pretrained(args.model, device=args.device, dtype=args.dtype,
                                    decoder_dtype=args.decoder_dtype, seed=args.seed,
                                    progress=not args.quiet, backends=",".join(args.backend) or None,
-                                   export_dir=args.export_dir, stream_chunk_frames=args.chunk_frames, **overrides)
+                                   export_dir=args.export_dir, stream_chunk_frames=args.chunk_frames,
+                                   onnx_provider=args.onnx_provider, onnx_threads=args.onnx_threads, **overrides)
 
 
 def serve(args: argparse.Namespace, report) -> list[Path]:

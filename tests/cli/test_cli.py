@@ -49,7 +49,8 @@ def test_edit_writes_one_file_per_iteration(tmp_path, capsys):
 
 def test_clone_default_name_in_output_dir(tmp_path):
     rc = main(["clone", "--model", "dummy:tiny", "--prompt-audio", str(PROMPT), "--prompt-text", "A prompt.",
-               "--text", "Hi.", "--max-new-tokens", "30", "--output-dir", str(tmp_path), "--quiet"])
+               "--text", "Hi.", "--max-new-tokens", "30", "--output-dir", str(tmp_path), "--quiet",
+               "--onnx-provider", "cpu", "--onnx-threads", "1"])
     assert rc == 0
     _check_wav(tmp_path / f"{PROMPT.stem}_cloned.wav")
 
@@ -58,6 +59,7 @@ def test_clone_default_name_in_output_dir(tmp_path):
     (["edit", "--edit-type", "emotion", "--edit-info", "joyful"], "edit_info"),
     (["edit", "--edit-type", "paralinguistic"], "text"),
     (["clone", "--generated-text", "  "], "generated-text"),
+    (["clone", "--generated-text", "Hi.", "--onnx-threads", "0"], "onnx_threads"),
 ])
 def test_bad_arguments_exit_2_with_message(argv, message, capsys):
     base = ["--model", "dummy:tiny", "--prompt-audio", str(PROMPT), "--prompt-text", "Some text."]
@@ -126,3 +128,16 @@ def test_a_reader_closing_stdout_stops_the_stream_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 0, err[-2000:]
     assert "stopped" in err and "Traceback" not in err
+
+
+def test_onnx_flags_reach_the_runtime():
+    from editx.cli import build_parser, load_runtime
+
+    args = build_parser().parse_args(["serve", "--model", "dummy:tiny", "--onnx-provider", "cpu", "--onnx-threads",
+                                      "3", "--quiet"])
+    rt = load_runtime(args, lambda _msg: None)
+    try:
+        assert (rt.config.onnx_provider, rt.config.onnx_threads) == ("cpu", 3)
+        assert rt.components.vq06.graph.session.get_session_options().intra_op_num_threads == 3
+    finally:
+        rt.close()
