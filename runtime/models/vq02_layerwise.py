@@ -104,21 +104,36 @@ def encode_layerwise(encoder: SANMStreamingEncoder, feats: torch.Tensor, lengths
     x = torch.cat([x.new_zeros(b, cfg.overlap_rows, x.shape[-1]), x], dim=1)  # [B, O + N, in]
     h = x[:, layout.block_rows]  # [B, n, R, in]
     h = h.reshape(b * layout.calls, layout.rows, -1)  # [B*n, R, in]
+    masks = _Masks.of(layout, b, h.dtype)  # the same for every layer: built once, not 50 times
     for layer in encoder.layers:
-        h = _layer_all_calls(layer, h, layout, cfg)
+        h = _layer_all_calls(layer, h, layout, masks)
     out = h.reshape(b, layout.calls * layout.rows, -1)[:, layout.out_rows]  # [B, N, D]
     return _layer_norm(out, encoder.after_norm)
 
 
-def _layer_all_calls(layer: SANMEncoderLayer, h: torch.Tensor, layout: CallLayout,
-                     cfg: SANMEncoderConfig) -> torch.Tensor:
+@dataclass(frozen=True)
+class _Masks:
+    """value_keep [B*n, R, 1] (1 for a call's own rows, 0 for padding; model dtype) and key_valid
+    [B*n, 1, 1, L + R] (bool: cached rows then own rows a call attends to)."""
+
+    value_keep: torch.Tensor
+    key_valid: torch.Tensor
+
+    @classmethod
+    def of(cls, layout: CallLayout, b: int, dtype: torch.dtype) -> "_Masks":
+        keep = layout.row_valid.repeat(b, 1)[..., None].to(dtype)
+        keys = torch.cat([layout.cache_valid, layout.row_valid], dim=1).repeat(b, 1)
+        return cls(keep, keys[:, None, None, :])
+
+
+def _layer_all_calls(layer: SANMEncoderLayer, h: torch.Tensor, layout: CallLayout, masks: _Masks) -> torch.Tensor:
     """`SANMEncoderLayer.forward` for every call at once. h: [B*n, R, in] -> [B*n, R, D]."""
-    a = _attention_all_calls(layer.self_attn, _layer_norm(h, layer.norm1), layout)
+    a = _attention_all_calls(layer.self_attn, _layer_norm(h, layer.norm1), layout, masks)
     h = h + a if layer.has_attention_residual else a
     return h + layer.feed_forward(_layer_norm(h, layer.norm2))
 
 
-def _attention_all_calls(attn: SANMAttention, x: torch.Tensor, layout: CallLayout) -> torch.Tensor:
+def _attention_all_calls(attn: SANMAttention, x: torch.Tensor, layout: CallLayout, masks: _Masks) -> torch.Tensor:
     """`SANMAttention.forward` of every call with its cache gathered from earlier calls' rows.
 
     x: [B*n, R, in] -> [B*n, R, D].
@@ -127,14 +142,13 @@ def _attention_all_calls(attn: SANMAttention, x: torch.Tensor, layout: CallLayou
     b = x.shape[0] // n
     q, k, v = attn.linear_q_k_v(x).split(attn.heads * attn.d_k, dim=-1)  # each [B*n, R, D]
     # Padded rows stay out of the FSMN convolution: upstream pads each block with zeros.
-    v = v * layout.row_valid.repeat(b, 1)[..., None].to(v.dtype)
+    v = v * masks.value_keep
     q_h, k_h, v_h = (t.reshape(b * n, rows, attn.heads, attn.d_k) for t in (q, k, v))  # [B*n, R, H, d_k]
     k_all = torch.cat([_gather_cache(k_h, layout, b), k_h], dim=1)  # [B*n, L + R, H, d_k]
     v_all = torch.cat([_gather_cache(v_h, layout, b), v_h], dim=1)
-    key_valid = torch.cat([layout.cache_valid, layout.row_valid], dim=1).repeat(b, 1)  # [B*n, L + R]
     q_h = q_h.transpose(1, 2) * (attn.d_k ** -0.5)  # [B*n, H, R, d_k]; upstream scales q first
     out = F.scaled_dot_product_attention(q_h, k_all.transpose(1, 2), v_all.transpose(1, 2),
-                                         attn_mask=key_valid[:, None, None, :], scale=1.0)  # [B*n, H, R, d_k]
+                                         attn_mask=masks.key_valid, scale=1.0)  # [B*n, H, R, d_k]
     out = out.transpose(1, 2).reshape(b * n, rows, attn.heads * attn.d_k)  # [B*n, R, D]
     return attn.linear_out(out) + attn.fsmn_memory(v)
 
