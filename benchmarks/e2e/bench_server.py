@@ -3,11 +3,12 @@
     python benchmarks/e2e/bench_server.py --model dummy:tiny                       # CPU (ratios only)
     python benchmarks/e2e/bench_server.py --model dummy:full --device cuda --concurrency 1 8 32
 
-Three ways to run the same clone requests, one after another in one run:
+Four ways to run the same clone requests, one after another in one run:
   * `api`       `Runtime.stream_clone` in this process (the baseline);
   * `http`      POST /v1/clone to an `editx serve` subprocess with the prompt audio inlined as base64
                 (upload, base64 + audio decode on every request; the voice cache skips the front end);
-  * `http_voice` the same with a `voice_id` from POST /v1/voices (no upload per request).
+  * `http_voice` the same with a `voice_id` from POST /v1/voices (no upload per request);
+  * `http_openai` POST /v1/audio/speech (OpenAI's API) naming that voice, uploaded with its transcript.
 At each concurrency level N, N requests start at once from N threads; `ttfa_ms` is the time to the
 first audio samples (pcm16 body bytes over HTTP, the first non-empty chunk in process). Every path is
 warmed first with one request (voice cached, graphs captured), so levels compare steady serving.
@@ -95,13 +96,25 @@ def api_request(rt, prompt: Path, tokens: int):
     return one
 
 
-def http_request(base: str, audio_field: dict, tokens: int):
+def clone_body(audio_field: dict, tokens: int):
+    """POST /v1/clone bodies (pcm16) with the prompt audio inline or by voice_id."""
+    return "/v1/clone", lambda i: {**audio_field, "prompt_text": PROMPT_TEXT, "text": TEXT, "seed": i,
+                                   "format": "pcm16", "sampling": {"max_new_tokens": tokens}}
+
+
+def speech_body(voice: str, tokens: int):
+    """POST /v1/audio/speech bodies (OpenAI's API, pcm) for an uploaded voice with its transcript."""
+    return "/v1/audio/speech", lambda i: {"model": "editx", "input": TEXT, "voice": voice, "response_format": "pcm",
+                                          "seed": i, "sampling": {"max_new_tokens": tokens}}
+
+
+def http_request(base: str, endpoint_and_body):
+    endpoint, body_of = endpoint_and_body
+
     def one(i: int):
-        body = {**audio_field, "prompt_text": PROMPT_TEXT, "text": TEXT, "seed": i, "format": "pcm16",
-                "sampling": {"max_new_tokens": tokens}}
         start = time.perf_counter()
         first, size = None, 0
-        with _post(base + "/v1/clone", body) as r:
+        with _post(base + endpoint, body_of(i)) as r:
             while True:
                 piece = r.read1(65536)
                 if not piece:
@@ -144,11 +157,12 @@ def measure_http(args) -> dict[str, list[dict]]:
     try:
         _wait_until_up(base, server, args.startup_timeout)
         inline = {"prompt_audio": base64.b64encode(Path(args.prompt_audio).read_bytes()).decode()}
-        with _post(base + "/v1/voices", {"audio": inline["prompt_audio"]}) as r:
+        with _post(base + "/v1/voices", {"audio": inline["prompt_audio"], "text": PROMPT_TEXT, "name": "bench"}) as r:
             by_id = {"voice_id": json.loads(r.read())["voice_id"]}
         levels = {}
-        for name, field in (("http", inline), ("http_voice", by_id)):
-            one = http_request(base, field, args.tokens)
+        for name, request in (("http", clone_body(inline, args.tokens)), ("http_voice", clone_body(by_id, args.tokens)),
+                              ("http_openai", speech_body("bench", args.tokens))):
+            one = http_request(base, request)
             one(0)
             levels[name] = [_level(name, n, one, args.rounds) for n in args.concurrency]
         return levels
@@ -187,7 +201,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
     paths = {"api": measure_api(args), **measure_http(args)}
-    for name in ("http", "http_voice"):  # overhead vs the in-process baseline measured in this run
+    for name in ("http", "http_voice", "http_openai"):  # overhead vs the in-process baseline measured in this run
         for level, base in zip(paths[name], paths["api"]):
             level["ttfa_vs_api"] = level["ttfa_ms_p50"] / base["ttfa_ms_p50"]
             level["throughput_vs_api"] = level["audio_s_per_s"] / base["audio_s_per_s"]

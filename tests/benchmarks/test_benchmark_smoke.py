@@ -94,8 +94,8 @@ def test_server_benchmark_runs_api_and_http_paths(tmp_path):
     run("bench_server.py", "--concurrency", "1", "--rounds", "1", "--tokens", "20", "--prompt-audio", str(AUDIO),
         "--out", str(out), timeout=400)
     paths = json.loads(out.read_text())["paths"]
-    assert set(paths) == {"api", "http", "http_voice"}
-    for name in ("http", "http_voice"):
+    assert set(paths) == {"api", "http", "http_voice", "http_openai"}
+    for name in ("http", "http_voice", "http_openai"):
         (level,) = paths[name]
         assert level["concurrency"] == 1 and level["audio_s"] > 0 and level["ttfa_vs_api"] > 0
 
