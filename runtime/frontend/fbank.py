@@ -61,34 +61,22 @@ def kaldi_fbank(
         )
     if x.shape[0] < window_size:
         raise InvalidInputError(f"wav: {x.shape[0]} samples is shorter than one {window_size}-sample frame")
+    padded_size = 1 << (window_size - 1).bit_length()  # round up to a power of two
+
     frames = fbank_frames(x, window_size, window_shift)  # frames: [T, win]
     if dither != 0.0:
-        frames = frames + dither_noise(frames.shape, generator, x) * dither
-    return fbank_of_frames(frames, sample_rate, num_mel_bins, window_type, preemphasis=preemphasis,
-                           low_freq=low_freq, high_freq=high_freq)
-
-
-def dither_noise(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
-    """The dither draw `kaldi_fbank` adds (before scaling by `dither`): N(0, 1) of `shape`, like's dtype/device."""
-    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
-
-
-def fbank_of_frames(frames: torch.Tensor, sample_rate: int, num_mel_bins: int = 80, window_type: WindowType = "povey",
-                    *, preemphasis: float = 0.97, low_freq: float = 20.0, high_freq: float = 0.0) -> torch.Tensor:
-    """`kaldi_fbank` from its (already dithered) frames `[T, win]` on: each frame is independent, so
-    frames of several signals (or pieces of one) can go through in one call -> `[T, num_mel_bins]`."""
-    window_size = frames.shape[1]
-    padded_size = 1 << (window_size - 1).bit_length()  # round up to a power of two
+        noise = torch.randn(frames.shape, generator=generator, device=x.device, dtype=x.dtype)
+        frames = frames + noise * dither
     frames = frames - frames.mean(dim=1, keepdim=True)  # remove DC per frame
     if preemphasis != 0.0:
         previous = F.pad(frames.unsqueeze(0), (1, 0), mode="replicate").squeeze(0)[:, :-1]
         frames = frames - preemphasis * previous
-    frames = frames * feature_window(window_type, window_size, frames.device, frames.dtype)[None, :]
+    frames = frames * feature_window(window_type, window_size, x.device, x.dtype)[None, :]
     frames = F.pad(frames, (0, padded_size - window_size))  # frames: [T, padded]
 
     power = torch.fft.rfft(frames).abs().pow(2.0)  # power: [T, padded//2 + 1]
     banks = kaldi_mel_banks(num_mel_bins, padded_size, float(sample_rate), low_freq, high_freq)
-    banks = F.pad(banks.to(device=frames.device, dtype=frames.dtype), (0, 1))  # Nyquist bin gets no weight
+    banks = F.pad(banks.to(device=x.device, dtype=x.dtype), (0, 1))  # Nyquist bin gets no weight
     mel = torch.mm(power, banks.T)  # mel: [T, num_mel_bins]
     return torch.clamp_min(mel, FLOAT_EPSILON).log()
 

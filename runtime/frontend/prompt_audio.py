@@ -15,7 +15,7 @@ trimmed one. Upstream resamples with `functional.resample` for the first two and
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -33,18 +33,27 @@ CAMPPLUS_SAMPLE_RATE = 16000
 
 
 @dataclass(slots=True)
-class PromptAudio:
-    """Everything the pipeline needs from one prompt recording (shapes for batch 1)."""
+class TokenizerSignal:
+    """The first half of `preprocess_prompt`: the guarded signal and what the tokenizers consume. The
+    other half (`prompt_speech_feat`, `campplus_fbank` of `wav`) does not depend on it, so a caller
+    may run the two halves concurrently (`engine.voice.encode_voice` does)."""
 
-    wav: torch.Tensor  # [1, N] mono, peak-guarded, at sample_rate
-    sample_rate: int
+    wav: torch.Tensor  # [1, N] mono, peak-guarded, at the input rate
     peak_before_guard: float
+    wav16_norm: torch.Tensor  # [1, N16]
+    trim_index: tuple[int, int]
+    trim_window: TrimWindow
+    wav16_trimmed: torch.Tensor  # [1, trim_window.out_len]
+
+
+@dataclass(slots=True)
+class PromptAudio(TokenizerSignal):
+    """Everything the pipeline needs from one prompt recording (shapes for batch 1): the tokenizer
+    signal plus the decoder's conditioning inputs."""
+
+    sample_rate: int  # of `wav`
     speech_feat: torch.Tensor  # [1, T_mel, 80] prompt mel (24 kHz, 50 frames/s)
     campplus_fbank: torch.Tensor  # [1, T_fb, 80] CAM++ input (16 kHz, 100 frames/s, mean-removed)
-    wav16_norm: torch.Tensor  # [1, N16] tokenizer signal before trimming
-    trim_index: tuple[int, int]  # non-silent [start, end) in wav16_norm
-    trim_window: TrimWindow
-    wav16_trimmed: torch.Tensor  # [1, trim_window.out_len] what vq02 and vq06 consume
 
 
 def preprocess_prompt(
@@ -63,30 +72,11 @@ def preprocess_prompt(
     """
     signal = tokenizer_signal(wav, sample_rate, resampler)
     return PromptAudio(
-        wav=signal.wav,
+        **{f.name: getattr(signal, f.name) for f in fields(TokenizerSignal)},
         sample_rate=sample_rate,
-        peak_before_guard=signal.peak_before_guard,
         speech_feat=prompt_speech_feat(signal.wav, sample_rate, mel_config, precision, resampler),
         campplus_fbank=campplus_fbank(signal.wav, sample_rate, precision, resampler),
-        wav16_norm=signal.wav16_norm,
-        trim_index=signal.trim_index,
-        trim_window=signal.trim_window,
-        wav16_trimmed=signal.wav16_trimmed,
     )
-
-
-@dataclass(slots=True)
-class TokenizerSignal:
-    """The first half of `preprocess_prompt`: the guarded signal and what the tokenizers consume. The
-    other half (`prompt_speech_feat`, `campplus_fbank` of `wav`) does not depend on it, so a caller
-    may run the two halves concurrently (`engine.voice.encode_voice` does)."""
-
-    wav: torch.Tensor  # [1, N] mono, peak-guarded, at the input rate
-    peak_before_guard: float
-    wav16_norm: torch.Tensor  # [1, N16]
-    trim_index: tuple[int, int]
-    trim_window: TrimWindow
-    wav16_trimmed: torch.Tensor  # [1, trim_window.out_len]
 
 
 def tokenizer_signal(wav: torch.Tensor, sample_rate: int, resampler: str = "sinc") -> TokenizerSignal:

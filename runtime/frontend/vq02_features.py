@@ -30,7 +30,7 @@ import torch
 
 from ..errors import InvalidInputError
 from ..loading.am_mvn import Cmvn
-from .fbank import dither_noise, fbank_frames, fbank_num_frames, fbank_of_frames, kaldi_fbank
+from .fbank import fbank_num_frames, kaldi_fbank
 
 # One encoder chunk unit = one 60 ms LFR frame = 960 samples at 16 kHz; a piece is chunk_size[1] units.
 SAMPLES_PER_CHUNK_UNIT = 960
@@ -125,64 +125,27 @@ def extract_vq02_features(
     use 0.0 for deterministic codes. `cmvn=None` skips normalisation. `precision` is the
     dtype of the fbank/LFR/CMVN arithmetic (float64 default, see `mel.py`; float32 is
     upstream's).
-
-    Same result as feeding the pieces to `extract_vq02_piece` one by one, with one fbank call:
-    the sample carry-over starts every piece's signal on the frame-shift grid, so piece i's fbank
-    frames are frames [first_i, first_i + F_i) of the whole signal's, and its dither is the same
-    [F_i, window] draw, taken in piece order.
     """
     cfg = config or Vq02FrontendConfig()
-    _check_precision(precision)
     x = _mono(wav16k)
-    pieces = _pieces(x.shape[0], cfg)
-    counts = _frame_counts(pieces, cfg)
-    fbank = _fbank_of_all_pieces(x, counts, cfg, dither, generator, precision)  # [sum(counts), n_mels]
+    piece = cfg.piece_samples
+    num_pieces = x.shape[0] // piece + 1  # the last piece is the remainder (maybe empty)
+    state = Vq02FrontendState()
     chunks: list[torch.Tensor] = []
-    splice, first = None, 0
-    for (_, _, is_final), count in zip(pieces, counts):
-        piece_fbank = fbank[first:first + count] if count else None
-        feats, splice = _lfr_step(piece_fbank, splice, cmvn, is_final, cfg, x)
-        first += count
+    for i in range(num_pieces):
+        is_final = i == num_pieces - 1
+        samples = x[i * piece : (i + 1) * piece]
+        if is_final and samples.shape[0] == 0:
+            break
+        feats, state = extract_vq02_piece(
+            samples, state, cmvn, is_final=is_final, dither=dither, generator=generator, config=cfg,
+            precision=precision,
+        )
         if feats.shape[0] > 0:
             chunks.append(feats)
     if not chunks:
         return x.new_zeros((1, 0, cfg.feature_dim), dtype=torch.float32), []
     return torch.cat(chunks, dim=0)[None], [int(c.shape[0]) for c in chunks]
-
-
-def _pieces(n_samples: int, cfg: Vq02FrontendConfig) -> list[tuple[int, int, bool]]:
-    """(start, end, is_final) of upstream's pieces: `piece_samples` each, the last the remainder
-    (dropped when empty)."""
-    piece = cfg.piece_samples
-    num_pieces = n_samples // piece + 1
-    out = [(i * piece, min((i + 1) * piece, n_samples), i == num_pieces - 1) for i in range(num_pieces)]
-    return [p for p in out if not (p[2] and p[1] == p[0])]
-
-
-def _frame_counts(pieces: list[tuple[int, int, bool]], cfg: Vq02FrontendConfig) -> list[int]:
-    """fbank frames of each piece: its samples plus those the previous piece could not frame."""
-    counts, carried = [], 0
-    for start, end, _ in pieces:
-        length = carried + end - start
-        frames = fbank_num_frames(length, cfg.window_size, cfg.window_shift)
-        counts.append(frames)
-        carried = length - frames * cfg.window_shift
-    return counts
-
-
-def _fbank_of_all_pieces(x: torch.Tensor, counts: list[int], cfg: Vq02FrontendConfig, dither: float,
-                         generator: torch.Generator | None, precision: torch.dtype) -> torch.Tensor:
-    """The pieces' fbank frames, all in one call: `[sum(counts), n_mels]` in `precision`."""
-    total = sum(counts)
-    scaled = (x * INT16_SCALE).to(precision)  # exact: x32768 is a power of two
-    if total == 0:
-        return scaled.new_zeros((0, cfg.n_mels))
-    frames = fbank_frames(scaled[:(total - 1) * cfg.window_shift + cfg.window_size], cfg.window_size,
-                          cfg.window_shift)  # [total, win]
-    if dither != 0.0:
-        noise = torch.cat([dither_noise((c, cfg.window_size), generator, scaled) for c in counts if c])
-        frames = frames + noise * dither
-    return fbank_of_frames(frames, cfg.sample_rate, cfg.n_mels, cfg.window)
 
 
 def extract_vq02_piece(
@@ -201,45 +164,38 @@ def extract_vq02_piece(
     The input state is not modified. Mirrors `WavFrontendOnline.forward` per piece.
     """
     cfg = config or Vq02FrontendConfig()
-    _check_precision(precision)
+    if precision not in (torch.float32, torch.float64):
+        raise InvalidInputError(f"precision: expected torch.float32 or torch.float64, got {precision}")
     samples = _mono(samples)
     carried = state.sample_cache
     x = samples if carried is None else torch.cat([carried.to(samples), samples])  # x: [L]
     num_frames = fbank_num_frames(x.shape[0], cfg.window_size, cfg.window_shift)
-    fbank = None
-    if num_frames:
-        # x * 32768 is exact in float32 (a power of two), so scaling before the cast loses nothing.
-        fbank = kaldi_fbank(
-            (x * INT16_SCALE).to(precision), cfg.sample_rate, num_mel_bins=cfg.n_mels,
-            frame_length_ms=cfg.frame_length_ms, frame_shift_ms=cfg.frame_shift_ms, dither=dither,
-            window_type=cfg.window, energy_floor=0.0, generator=generator,
-        )  # fbank: [F, n_mels]
-    feats, splice = _lfr_step(fbank, state.splice_cache, cmvn, is_final, cfg, x)
-    return feats, Vq02FrontendState(sample_cache=x[num_frames * cfg.window_shift:], splice_cache=splice)
-
-
-def _lfr_step(fbank: torch.Tensor | None, splice: torch.Tensor | None, cmvn: Cmvn | None, is_final: bool,
-              cfg: Vq02FrontendConfig, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One piece's LFR stacking after the splice cache: (feats [T_i, 560] float32, new splice cache).
-    `fbank` [F, n_mels] is the piece's fbank, None when the piece had no whole frame."""
+    new_state = Vq02FrontendState(
+        sample_cache=x[num_frames * cfg.window_shift :],
+        splice_cache=state.splice_cache,
+    )
     context = (cfg.lfr_m - 1) // 2
-    if fbank is None:
-        stacked = _final_flush(splice, cfg, context) if is_final else None
-        return _normalised(stacked, cmvn, cfg, like), splice
+    if num_frames == 0:
+        stacked = _final_flush(state.splice_cache, cfg, context) if is_final else None
+        return _normalised(stacked, cmvn, cfg, x), new_state
+
+    # x * 32768 is exact in float32 (a power of two), so scaling before the cast loses nothing.
+    fbank = kaldi_fbank(
+        (x * INT16_SCALE).to(precision), cfg.sample_rate, num_mel_bins=cfg.n_mels,
+        frame_length_ms=cfg.frame_length_ms, frame_shift_ms=cfg.frame_shift_ms, dither=dither,
+        window_type=cfg.window, energy_floor=0.0, generator=generator,
+    )  # fbank: [F, n_mels]
+    splice = state.splice_cache
     if splice is None:  # utterance start: left context = copies of the first frame
         splice = fbank[:1].repeat(context, 1)
     splice = splice.to(fbank)
     if fbank.shape[0] + splice.shape[0] < cfg.lfr_m:
         # Not enough frames for one stacked frame: keep them all. Upstream emits nothing here
         # even on the final piece.
-        return _normalised(None, cmvn, cfg, like), torch.cat([splice, fbank])
-    stacked, splice = stack_lfr(torch.cat([splice, fbank]), cfg.lfr_m, cfg.lfr_n, is_final)
-    return _normalised(stacked, cmvn, cfg, like), splice
-
-
-def _check_precision(precision: torch.dtype) -> None:
-    if precision not in (torch.float32, torch.float64):
-        raise InvalidInputError(f"precision: expected torch.float32 or torch.float64, got {precision}")
+        new_state.splice_cache = torch.cat([splice, fbank])
+        return _normalised(None, cmvn, cfg, x), new_state
+    stacked, new_state.splice_cache = stack_lfr(torch.cat([splice, fbank]), cfg.lfr_m, cfg.lfr_n, is_final)
+    return _normalised(stacked, cmvn, cfg, x), new_state
 
 
 def stack_lfr(frames: torch.Tensor, lfr_m: int, lfr_n: int, is_final: bool) -> tuple[torch.Tensor, torch.Tensor]:

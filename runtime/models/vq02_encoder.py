@@ -402,7 +402,7 @@ class SANMStreamingEncoder(nn.Module):
         lengths = self._checked_lengths(feats, chunk_lengths)
         if "forward_chunk" in vars(self):
             return self.encode_chunked(feats, lengths)
-        self._check_chunk(feats, self.init_state(feats.shape[0], feats.device))
+        self._check_frames(feats)
         return encode_layerwise(self, feats, lengths)
 
     @torch.no_grad()
@@ -424,21 +424,25 @@ class SANMStreamingEncoder(nn.Module):
         return _chunk_length_list(chunk_lengths, feats.shape[1])
 
     def _check_chunk(self, feats_chunk: torch.Tensor, state: VQ02EncoderState) -> None:
+        self._check_frames(feats_chunk)
+        if not isinstance(state, VQ02EncoderState) or len(state.kv) != len(self.layers):
+            raise InvalidInputError("state: expected a VQ02EncoderState from this encoder's init_state()")
+        if state.batch != feats_chunk.shape[0]:
+            raise InvalidInputError(f"feats_chunk: batch {feats_chunk.shape[0]} does not match the state's batch "
+                                    f"{state.batch}")
+
+    def _check_frames(self, feats_chunk: torch.Tensor) -> None:
         if not isinstance(feats_chunk, torch.Tensor) or feats_chunk.dim() != 3:
             raise InvalidInputError(
                 f"feats_chunk: expected a [B, T, {self.cfg.input_size}] tensor, got {_describe(feats_chunk)}"
             )
-        b, t, c = feats_chunk.shape
+        _, t, c = feats_chunk.shape
         if c != self.cfg.input_size:
             raise InvalidInputError(f"feats_chunk: expected {self.cfg.input_size} features per frame, got {c}")
         if t < 1:
             raise InvalidInputError("feats_chunk: expected at least one frame, got 0")
         if not torch.is_floating_point(feats_chunk):
             raise InvalidInputError(f"feats_chunk: expected a floating-point tensor, got {feats_chunk.dtype}")
-        if not isinstance(state, VQ02EncoderState) or len(state.kv) != len(self.layers):
-            raise InvalidInputError("state: expected a VQ02EncoderState from this encoder's init_state()")
-        if state.batch != b:
-            raise InvalidInputError(f"feats_chunk: batch {b} does not match the state's batch {state.batch}")
 
 
 def _describe(x: Any) -> str:

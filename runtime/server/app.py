@@ -174,8 +174,7 @@ class _Server:
             await asyncio.to_thread(self.runtime.encode_voice, (samples, sr))
         finally:
             self.admission.leave()
-        self.voices.put(voice_id, StoredVoice(samples, sr, text), body.name)
-        stored = self.voices.get(voice_id)
+        stored = self.voices.put(voice_id, StoredVoice(samples, sr, text), body.name)
         return {"voice_id": voice_id, "names": self.voices.names_of(voice_id),
                 "has_text": stored.text is not None, "duration_s": round(samples.shape[-1] / sr, 3),
                 "sample_rate": sr}

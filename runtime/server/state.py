@@ -155,8 +155,9 @@ class VoiceRegistry:
                                     f"or digit), got {name!r}")
         return name
 
-    def put(self, voice_id: str, voice: StoredVoice, name: str | None = None) -> None:
-        """Store (or refresh: a new transcript replaces the old one) a voice; `name` (checked) points at it."""
+    def put(self, voice_id: str, voice: StoredVoice, name: str | None = None) -> StoredVoice:
+        """Store (or refresh: a new transcript replaces the old one) a voice; `name` (checked) points at it.
+        Returns what is stored (an upload without text keeps the earlier transcript)."""
         size = voice.samples.nbytes
         if size > self.max_bytes:
             raise InvalidInputError(f"audio: {size} bytes of decoded samples exceed the voice registry's "
@@ -174,23 +175,19 @@ class VoiceRegistry:
                 evicted_id, evicted = self._voices.popitem(last=False)
                 self._bytes -= evicted.samples.nbytes
                 self._names = {n: v for n, v in self._names.items() if v != evicted_id}
+            return voice  # the newest entry: never the one evicted (its size is within the budget)
 
     def get(self, ref: str, field: str = "voice_id") -> StoredVoice:
         """The voice with id or name `ref`; UnknownVoice (HTTP 404) naming `field` otherwise."""
         with self._lock:
-            voice_id = ref if ref in self._voices else self._names.get(ref)
-            if voice_id is None:
-                raise UnknownVoice(f"{field}: unknown voice {ref!r} (never uploaded, or evicted); "
-                                   "upload the audio with POST /v1/voices")
+            voice_id = self._resolve(ref, field)
             self._voices.move_to_end(voice_id)
             return self._voices[voice_id]
 
     def remove(self, ref: str, field: str = "voice_id") -> tuple[str, StoredVoice]:
         """Forget the voice with id or name `ref` and every name of it; UnknownVoice (404) otherwise."""
         with self._lock:
-            voice_id = ref if ref in self._voices else self._names.get(ref)
-            if voice_id is None:
-                raise UnknownVoice(f"{field}: unknown voice {ref!r}")
+            voice_id = self._resolve(ref, field)
             voice = self._voices.pop(voice_id)
             self._bytes -= voice.samples.nbytes
             self._names = {n: v for n, v in self._names.items() if v != voice_id}
@@ -199,14 +196,25 @@ class VoiceRegistry:
     def describe(self) -> list[dict]:
         """Every stored voice, oldest use first: id, names, whether it has a transcript, duration."""
         with self._lock:
-            return [{"voice_id": voice_id, "names": sorted(n for n, v in self._names.items() if v == voice_id),
-                     "has_text": voice.text is not None,
+            return [{"voice_id": voice_id, "names": self._names_of(voice_id), "has_text": voice.text is not None,
                      "duration_s": round(voice.samples.shape[-1] / voice.sample_rate, 3)}
                     for voice_id, voice in self._voices.items()]
 
     def names_of(self, voice_id: str) -> list[str]:
         with self._lock:
-            return sorted(n for n, v in self._names.items() if v == voice_id)
+            return self._names_of(voice_id)
+
+    # -- under the held lock ----------------------------------------------------------------
+    def _resolve(self, ref: str, field: str) -> str:
+        """The id of the voice `ref` names (an id, else a name); UnknownVoice (404) naming `field`."""
+        voice_id = ref if ref in self._voices else self._names.get(ref)
+        if voice_id is None:
+            raise UnknownVoice(f"{field}: unknown voice {ref!r} (never uploaded, deleted or evicted); "
+                               "upload the audio with POST /v1/voices")
+        return voice_id
+
+    def _names_of(self, voice_id: str) -> list[str]:
+        return sorted(n for n, v in self._names.items() if v == voice_id)
 
     def __len__(self) -> int:
         return len(self._voices)

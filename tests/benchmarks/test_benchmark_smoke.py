@@ -106,10 +106,10 @@ def test_frontend_benchmark_times_both_encoder_paths(tmp_path):
     out = tmp_path / "frontend.json"
     run("bench_frontend.py", "--rounds", "1", "--prompt-audio", str(AUDIO), "--out", str(out))
     payload = json.loads(out.read_text())
-    assert payload["vq02_features"]["speedup"] > 0
     enc = payload["vq02_encoder"]
     assert enc["call_by_call"]["median_ms"] > 0 and enc["layerwise"]["median_ms"] > 0 and enc["calls"] > 1
-    assert enc["codes"] > 0 and enc["max_abs_diff"] < 1e-4  # fp32, same rows: summation order only
+    # fp32, same rows: summation order only (the unit tests' bound, test_vq02_layerwise.FP32_ATOL; measured 1.4e-6)
+    assert enc["codes"] > 0 and enc["max_abs_diff"] < 1e-5
     chains = payload["encode_voice"]
     for mode in ("serial", "parallel"):
         assert set(chains[mode]["stages_median_ms"]) == {"preprocess_ms", "vq02_ms", "vq06_ms", "conditioning_ms",

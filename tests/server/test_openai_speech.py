@@ -11,7 +11,7 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 
 from editx.server import ServerConfig, create_app, wire
-from editx.server.state import StoredVoice, VoiceRegistry
+from editx.server.state import StoredVoice, UnknownVoice, VoiceRegistry
 
 TRANSCRIPT = "His political stance was conservative, and he was particularly close to margaret thatcher."
 SAY = "Hello through the OpenAI speech API."
@@ -139,7 +139,7 @@ def test_registry_names_move_and_leave_with_their_voice():
     reg.put("c", voice())
     reg.put("d", voice())  # over budget: "a" goes, then the oldest of the rest
     reg.put("e", voice())
-    with pytest.raises(Exception, match="unknown voice 'alloy'"):
+    with pytest.raises(UnknownVoice, match="unknown voice 'alloy'"):
         reg.get("alloy", "voice")  # "b" was evicted and took its name
 
 

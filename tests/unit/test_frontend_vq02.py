@@ -104,8 +104,8 @@ def test_full_pieces_emit_four_frames_each():
 @pytest.mark.parametrize("n", [3840 * 3 + 1234, 3840 * 2 + 250, 3840 + 400, 3840 * 5, 2999, 3841])
 @pytest.mark.parametrize("dither", [0.0, 1.0])
 def test_piece_api_equals_whole_utterance(n, dither):
-    """`extract_vq02_features` computes every piece's fbank in one call; the streaming step API computes
-    them piece by piece: the same features bit for bit, dither draws included (same generator seed)."""
+    """The whole-utterance function and the streaming step API driven piece by piece give the same
+    features bit for bit, dither draws included (same generator seed)."""
     x = torch.randn(n, generator=torch.Generator().manual_seed(n)) * 0.1
     cmvn = _random_cmvn(1)
     whole, lengths = extract_vq02_features(x[None], cmvn, dither=dither, generator=torch.Generator().manual_seed(5))
