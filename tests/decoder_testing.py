@@ -77,3 +77,24 @@ def chunk_rounds_vs_single(flow, got: list, ref: list, rounds, noise, rtol: floa
             got[b] = states[b]
             assert_close(mels[b], mel, rtol, f"round {r} stream {b} mel")
             check_states(got[b], ref[b], f"round {r} stream {b}")
+
+
+def loaded_pool_solve(flow, ring: bool, batch: int, width: int, device: str = "cpu"):
+    """A `DiTSlots` pool (3 streams, 160 prompt frames, 40 frames of left context, chunks up to 102
+    frames, 3 ODE steps) with one solve's inputs loaded into its (batch, width) bucket buffers: rows
+    with a prompt, ragged valid lengths, earlier ring frames and conv caches (chunks). Returns
+    (slots, step): step() is the bucket's solve, what `DiTSlots` records as a CUDA graph. Call
+    both inside torch.inference_mode()."""
+    from editx.models.flow.dit_slots import DiTSlots, SlotRow
+
+    slots = DiTSlots(flow.decoder, 3, 3, 160, 40, 102, mode="static", batch_buckets=(1, 2, 4), width_step=24)
+    gen = torch.Generator().manual_seed(batch * 100 + width)
+    x = torch.randn(batch, 80, width, generator=gen).to(device)
+    dit = flow.cfg.dit
+    conv = torch.randn(3, dit.depth, 2, 2, dit.hidden_size, 2, generator=gen).to(device, flow.dtype)
+    rows = [SlotRow(lease, ring, 5 * b, width - b, 23 + b, tuple(160 + f for f in range(b)) if ring else (),
+                    conv if ring else None) for b, lease in enumerate(slots.acquire(batch))]
+    bucket_b = next(b for b in slots.batch_buckets if b >= batch)
+    static = slots._make_static(bucket_b, next(w for w in slots.widths if w >= width))
+    slots._load(static, x, x[:, :, 0], x, x, rows)
+    return slots, lambda: slots._step(static)

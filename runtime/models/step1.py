@@ -40,6 +40,7 @@ from ..layers.attention import alibi_uses_triton, cached_alibi_attention, paged_
 from ..layers.norms import add_rms_norm, rms_norm
 from ..loading.state_dict import load_checked, read_safetensors_dir, require_file
 from .fused_projections import FusedProjections
+from .graph_safety import cpu_only_host_reads
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -425,7 +426,8 @@ class Step1Model(nn.Module):
             raise InvalidInputError("input_ids: expected at least one token per row")
         # Value checks would need a device sync; do them only where they are free (CPU).
         if input_ids.device.type == "cpu" and input_ids.numel():
-            lo, hi = int(input_ids.min()), int(input_ids.max())
+            with cpu_only_host_reads():
+                lo, hi = int(input_ids.min()), int(input_ids.max())
             if lo < 0 or hi >= self.config.vocab_size:
                 raise InvalidInputError(f"input_ids: ids must lie in [0, {self.config.vocab_size}), got {lo}..{hi}")
 
