@@ -11,9 +11,9 @@ from .api import Runtime
 from .config import RuntimeConfig
 from .engine.sampling import SamplingParams
 from .errors import AudioFormatError, BackendUnavailableError, CheckpointError, EditXError, InvalidInputError
-from .types import Audio, AudioChunk
+from .types import Audio, AudioChunk, StreamUsage
 
 __all__ = [
-    "Runtime", "RuntimeConfig", "SamplingParams", "Audio", "AudioChunk",
+    "Runtime", "RuntimeConfig", "SamplingParams", "Audio", "AudioChunk", "StreamUsage",
     "EditXError", "InvalidInputError", "AudioFormatError", "CheckpointError", "BackendUnavailableError",
 ]

@@ -60,10 +60,27 @@ def _clipped(samples: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class StreamUsage:
+    """What one streamed request cost, on its last chunk.
+
+    prompt_tokens: ids the LLM read (system prompt, the voice's audio codes and both texts);
+    generated_tokens: ids it generated (audio codes and the stop id); stop_reason: "stop_id" (the
+    model ended the speech) or "length" (max_new_tokens / max_length cut it: the audio may end
+    mid-word).
+    """
+
+    prompt_tokens: int
+    generated_tokens: int
+    stop_reason: str | None
+
+
+@dataclass(frozen=True)
 class AudioChunk:
-    """One piece of a streamed result: samples [n] float32, its index, and whether it is the last."""
+    """One piece of a streamed result: samples [n] float32, its index, and whether it is the last;
+    the last chunk also carries the request's `usage`."""
 
     samples: np.ndarray
     sample_rate: int
     index: int
     is_last: bool
+    usage: StreamUsage | None = None

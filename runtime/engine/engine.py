@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import EditXError
-from ..types import AudioChunk
+from ..types import AudioChunk, StreamUsage
 from ..layers.attention import alibi_uses_triton
 from ..models.interleave import llm_ids_to_mixed
 from .decoder_worker import DecoderTask, DecoderWorker, run_tasks
@@ -302,7 +302,8 @@ class Engine:
         samples = np.ascontiguousarray(audio.detach().float().cpu().numpy().reshape(-1), dtype=np.float32)
         if samples.size:
             req.timeline.setdefault("first_audio", time.perf_counter())
-        req.out.put(AudioChunk(samples, OUTPUT_RATE, req.chunks_out, last))
+        usage = StreamUsage(len(req.prompt_ids), len(req.generated), req.stop_reason) if last else None
+        req.out.put(AudioChunk(samples, OUTPUT_RATE, req.chunks_out, last, usage))
         req.chunks_out += 1
         if getattr(req.out, "closed", False):  # an asyncio consumer whose loop closed: stop its work
             self.cancel(req)

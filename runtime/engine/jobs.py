@@ -213,22 +213,21 @@ def collect(chunks: Iterator[AudioChunk], text: str) -> Audio:
     """Concatenate a stream into one Audio (the streamed equivalent of an offline call)."""
     start = time.perf_counter()
     parts, first, n = [], None, 0
-    last_seen = False
+    last = None
     for chunk in chunks:
-        if last_seen:
+        if last is not None:
             raise EditXError("stream continued after its is_last chunk")
         if first is None and chunk.samples.size:
             first = time.perf_counter() - start
         parts.append(chunk.samples)
         n += 1
-        last_seen = chunk.is_last
-    if not last_seen:
+        last = chunk if chunk.is_last else None
+    if last is None:
         raise EditXError("stream ended without an is_last chunk")
     samples = np.concatenate(parts) if parts else np.zeros(0, np.float32)
     info = {"chunks": n, "ttfa_s": first, "total_s": time.perf_counter() - start,
             "audio_s": samples.size / OUTPUT_SAMPLE_RATE}
-    req = getattr(chunks, "request", None)
-    if req is not None:
-        info.update(prompt_tokens=len(req.prompt_ids), generated_tokens=len(req.generated),
-                    stop_reason=req.stop_reason)
+    if last.usage is not None:
+        info.update(prompt_tokens=last.usage.prompt_tokens, generated_tokens=last.usage.generated_tokens,
+                    stop_reason=last.usage.stop_reason)
     return Audio(samples.astype(np.float32, copy=False), OUTPUT_SAMPLE_RATE, text, info)

@@ -4,7 +4,8 @@
     POST /v1/edit    {"audio": b64 | "voice_id": id, "audio_text", "edit_type", "edit_info", ...} -> audio
     POST /v1/voices  {"audio": b64, "text"?, "name"?} -> {"voice_id", ...}   (upload a prompt once)
     GET  /v1/voices, DELETE /v1/voices/{id or name}   (list; forget a recording and its cached results)
-    POST /v1/audio/speech  OpenAI's body {"input", "voice", "response_format"} -> audio (openai_speech.py)
+    POST /v1/audio/speech  OpenAI's body {"input", "voice", "response_format", "stream_format"} -> audio or
+                           speech events (openai_speech.py)
     GET  /health, /v1/info, /v1/stats, /metrics (Prometheus text format)
 
 Audio responses stream by default (`"stream": true`): the status and headers leave when the first
@@ -118,7 +119,7 @@ def create_app(runtime, config: Optional[ServerConfig] = None, model_name: str =
         sampling = server.sampling(body.sampling)
         return await server.respond(
             lambda: runtime.astream_clone(voice.audio, text, body.input, seed=body.seed, sampling=sampling), fmt,
-            True, request)
+            True, request, openai_speech.framing(body, fmt, OUTPUT_SAMPLE_RATE))
 
     return app
 
@@ -180,10 +181,12 @@ class _Server:
                 "sample_rate": sr}
 
     # -- responses ------------------------------------------------------------------------
-    async def respond(self, make_chunks: ChunkSource, fmt: str, stream: bool, request: Request) -> Response:
+    async def respond(self, make_chunks: ChunkSource, fmt: str, stream: bool, request: Request,
+                      framing=None) -> Response:
         """Run one request: admit it, wait for its first chunk (errors so far become 4xx/5xx; a client
-        that leaves meanwhile cancels it), then stream the rest or collect everything into one body."""
-        wire.check_format(fmt)
+        that leaves meanwhile cancels it), then stream the rest or collect everything into one body.
+        framing: how a streamed body carries the chunks (default `wire.RawFraming`: the bytes)."""
+        framing = framing or wire.RawFraming(fmt, OUTPUT_SAMPLE_RATE)
         self.admission.enter()
         session = _Session(self.admission)
         start = time.perf_counter()
@@ -192,13 +195,13 @@ class _Server:
             first = await _unless_client_leaves(_first_chunk(session.chunks), request)
             self.counters.record_first_chunk((time.perf_counter() - start) * 1e3)
             headers = {"X-Sample-Rate": str(OUTPUT_SAMPLE_RATE), "X-Audio-Format": fmt}
-            media = wire.media_type(fmt, OUTPUT_SAMPLE_RATE)
             if stream:  # from here the response owns the session and closes it however it ends
-                return _SessionResponse(self._stream_body(first, session, fmt), session, media_type=media,
-                                        headers=headers)
+                return _SessionResponse(self._stream_body(first, session, framing), session,
+                                        media_type=framing.media_type, headers=headers)
             samples = await _collect(first, session.chunks)
             await session.close()
-            return Response(wire.whole(samples, fmt, OUTPUT_SAMPLE_RATE), media_type=media, headers=headers)
+            return Response(wire.whole(samples, fmt, OUTPUT_SAMPLE_RATE), media_type=framing.media_type,
+                            headers=headers)
         except ClientGone:
             self.counters.cancelled += 1
             await session.close()
@@ -208,16 +211,23 @@ class _Server:
             await session.close()
             raise
 
-    async def _stream_body(self, first: AudioChunk, session: "_Session", fmt: str):
-        """The streamed response body: header (wav), then every chunk's bytes as it arrives."""
+    async def _stream_body(self, first: AudioChunk, session: "_Session", framing):
+        """The streamed response body: the framing's start (a WAV header), every chunk as it arrives,
+        then its end (SSE: the done event with the usage)."""
         try:
-            if fmt == "wav":
-                yield wire.wav_header(OUTPUT_SAMPLE_RATE, None)
+            start = framing.start()
+            if start:
+                yield start
             chunk = first
             while True:
-                yield wire.encode(chunk.samples, fmt)
+                data = framing.chunk(chunk.samples)
+                if data:
+                    yield data
                 if chunk.is_last:
                     session.finished = True
+                    end = framing.end(chunk.usage)
+                    if end:
+                        yield end
                     return
                 chunk = await anext(session.chunks)
         except StopAsyncIteration:  # the engine guarantees an is_last chunk: a missing one is a bug

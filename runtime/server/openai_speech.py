@@ -3,14 +3,23 @@
 The request names a voice uploaded beforehand with its transcript (`POST /v1/voices` with `text`,
 optionally a `name` such as "alloy"); the server clones it speaking `input`. What maps:
 `response_format` "wav" (streamed, open-ended header) and "pcm" (OpenAI's raw 24 kHz 16-bit
-little-endian mono, exactly our `pcm16`). What cannot map is refused with a 400 naming the field
+little-endian mono, exactly our `pcm16`); `stream_format` "audio" (the bytes themselves) or "sse"
+(server-sent events: `speech.audio.delta` events with base64 audio as each chunk is made, then one
+`speech.audio.done` with the token usage). What cannot map is refused with a 400 naming the field
 rather than silently ignored: the compressed formats (no encoder here), `speed` other than 1 (the
-model changes speed by an edit: `POST /v1/edit` with edit_type "speed"), `instructions` (style
-edits are `POST /v1/edit` too) and `stream_format` "sse".
+model changes speed by an edit: `POST /v1/edit` with edit_type "speed") and `instructions` (style
+edits are `POST /v1/edit` too).
 """
 from __future__ import annotations
 
+import base64
+import json
+
+import numpy as np
+
 from ..errors import InvalidInputError
+from ..types import StreamUsage
+from . import wire
 from .schemas import SpeechBody
 from .state import StoredVoice
 
@@ -34,9 +43,52 @@ def wire_format(body: SpeechBody) -> str:
     if body.instructions is not None:
         raise InvalidInputError("instructions: not supported; emotion and style changes are edits "
                                 "(POST /v1/edit, edit_type 'emotion' or 'style')")
-    if body.stream_format != "audio":
-        raise InvalidInputError(f"stream_format: only 'audio' is supported, got {body.stream_format!r}")
+    if body.stream_format not in STREAM_FORMATS:
+        raise InvalidInputError(f"stream_format: unknown {body.stream_format!r}; use 'audio' or 'sse'")
     return RESPONSE_FORMATS[fmt]
+
+
+STREAM_FORMATS = ("audio", "sse")
+
+
+def framing(body: SpeechBody, fmt: str, sample_rate: int):
+    """How the streamed body carries the audio: plain bytes, or OpenAI's speech events."""
+    raw = wire.RawFraming(fmt, sample_rate)
+    return SpeechEvents(raw) if body.stream_format == "sse" else raw
+
+
+class SpeechEvents:
+    """OpenAI's speech stream as server-sent events. Each chunk is one `speech.audio.delta` whose
+    `audio` is base64 of that chunk's bytes in the response format (the WAV header rides in the first
+    delta), so the decoded deltas concatenated are exactly the `stream_format: "audio"` body. The
+    last event is `speech.audio.done` with `usage`: input_tokens = ids the LLM read (the voice's
+    audio codes and both texts included), output_tokens = ids it generated."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, raw: wire.RawFraming) -> None:
+        self.raw = raw
+        self._header = raw.start()
+
+    def start(self) -> bytes:
+        return b""
+
+    def chunk(self, samples: np.ndarray) -> bytes:
+        data, self._header = self._header + self.raw.chunk(samples), b""
+        if not data:  # an empty last chunk: nothing to play, the done event follows
+            return b""
+        return _event({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode("ascii")})
+
+    def end(self, usage: StreamUsage | None) -> bytes:
+        done: dict = {"type": "speech.audio.done"}
+        if usage is not None:
+            done["usage"] = {"input_tokens": usage.prompt_tokens, "output_tokens": usage.generated_tokens,
+                             "total_tokens": usage.prompt_tokens + usage.generated_tokens}
+        return _event(done)
+
+
+def _event(payload: dict) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
 def prompt_text(voice: StoredVoice, ref: str) -> str:

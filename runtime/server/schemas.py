@@ -60,7 +60,7 @@ class SpeechBody(_Body):
     """OpenAI's `POST /v1/audio/speech` body (what `openai.audio.speech.create` sends).
 
     `voice` is the id or name of a voice uploaded with its transcript. Fields this server cannot
-    honour (mp3/opus/aac/flac, speed != 1, instructions, SSE) are refused by name, not ignored."""
+    honour (mp3/opus/aac/flac, speed != 1, instructions) are refused by name, not ignored."""
 
     model: Optional[str] = Field(None, description="accepted and ignored: the server runs one model")
     input: str
@@ -69,6 +69,7 @@ class SpeechBody(_Body):
                                                     "not available")
     speed: float = 1.0
     instructions: Optional[str] = None
-    stream_format: str = "audio"
+    stream_format: str = Field("audio", description="audio (the bytes) | sse (speech.audio.delta events with "
+                                                     "base64 audio, then speech.audio.done with the usage)")
     seed: Optional[int] = Field(None, description="editx extension: fixed seed, the same request gives the same audio")
     sampling: Optional[SamplingBody] = Field(None, description="editx extension: sampling overrides, as in /v1/clone")

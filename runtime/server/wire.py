@@ -64,6 +64,24 @@ def encode(samples: np.ndarray, fmt: str) -> bytes:
     return pcm16(samples)
 
 
+class RawFraming:
+    """A streamed body as plain audio bytes: the WAV header first (wav), then each chunk's bytes."""
+
+    def __init__(self, fmt: str, sample_rate: int) -> None:
+        check_format(fmt)
+        self.fmt, self.sample_rate = fmt, sample_rate
+        self.media_type = media_type(fmt, sample_rate)
+
+    def start(self) -> bytes:
+        return wav_header(self.sample_rate, None) if self.fmt == "wav" else b""
+
+    def chunk(self, samples: np.ndarray) -> bytes:
+        return encode(samples, self.fmt)
+
+    def end(self, usage) -> bytes:  # noqa: ARG002 - raw audio has nowhere to put it
+        return b""
+
+
 def whole(samples: np.ndarray, fmt: str, sample_rate: int) -> bytes:
     """A complete response body: samples [N] float32 in `fmt` (a WAV with exact sizes)."""
     body = encode(samples, fmt)

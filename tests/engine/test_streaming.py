@@ -35,6 +35,28 @@ def test_chunks_are_numbered_contiguous_and_end_once(rt, voices):
         assert len(chunks) >= 3  # first chunk, 24-frame chunk, final
 
 
+@pytest.mark.parametrize("tokens", [7, TOKENS])
+def test_only_the_last_chunk_reports_usage(rt, voices, tokens):
+    """Token counts and why generation stopped arrive with the last chunk (also through asyncio): the
+    request's own prompt / generated ids, at most max_new_tokens, "length" exactly when that cut it."""
+    stream = rt.stream_clone(voices[0], "A prompt.", "Some text.", seed=6, sampling=params(rt, tokens))
+    chunks = drain(stream)
+    assert all(c.usage is None for c in chunks[:-1])
+    usage, req = chunks[-1].usage, stream.request
+    assert (usage.prompt_tokens, usage.generated_tokens) == (len(req.prompt_ids), len(req.generated))
+    assert 0 < usage.generated_tokens <= tokens
+    stopped = req.generated[-1] == req.params.stop_id
+    assert usage.stop_reason == ("stop_id" if stopped else "length")
+    assert stopped or usage.generated_tokens == tokens
+
+    async def last_chunk():
+        async for chunk in rt.astream_clone(voices[0], "A prompt.", "Some text.", seed=6, sampling=params(rt, tokens)):
+            if chunk.is_last:
+                return chunk
+
+    assert asyncio.run(last_chunk()).usage == usage
+
+
 def test_stream_equals_the_streaming_decoder_on_the_same_tokens(rt, voices):
     """Engine-driven chunks (any scheduling) == Token2WavStream fed the same ids one per call:
     no gap, no duplicated sample at chunk boundaries."""

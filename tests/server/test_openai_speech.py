@@ -3,6 +3,7 @@ API, the OpenAI client library itself as the caller, and every field it cannot h
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -39,10 +40,41 @@ def voice(client):
     return r.json()
 
 
-def expected_pcm(rt, seed=None) -> bytes:
+def expected_clone(rt, seed=None):
     samples, sr = sf.read(str(speech_clips.require()), dtype="float32", always_2d=True)
-    audio = rt.clone((samples.T.copy(), sr), TRANSCRIPT, SAY, seed=seed, sampling=rt.default_sampling(max_new_tokens=60))
-    return wire.pcm16(audio.samples)
+    return rt.clone((samples.T.copy(), sr), TRANSCRIPT, SAY, seed=seed, sampling=rt.default_sampling(max_new_tokens=60))
+
+
+def expected_pcm(rt, seed=None) -> bytes:
+    return wire.pcm16(expected_clone(rt, seed).samples)
+
+
+def sse_events(lines) -> list[dict]:
+    """The JSON payloads of a server-sent event stream's `data:` lines (blank lines separate events)."""
+    events = []
+    for line in lines:
+        line = line.decode() if isinstance(line, bytes) else line
+        if line.startswith("data: "):
+            events.append(json.loads(line[len("data: "):]))
+        else:
+            assert line == "", f"unexpected line in the event stream: {line!r}"
+    return events
+
+
+def check_speech_events(events: list[dict], rt, response_format: str) -> None:
+    """Deltas of base64 audio, then one done event whose usage is the clone's token counts."""
+    *deltas, done = events
+    assert deltas and all(e["type"] == "speech.audio.delta" for e in deltas)
+    audio = b"".join(base64.b64decode(e["audio"]) for e in deltas)
+    if response_format == "wav":  # the open-ended header rides in the first delta
+        assert base64.b64decode(deltas[0]["audio"])[:4] == b"RIFF" and audio[:4] == b"RIFF"
+        audio = audio[44:]
+    clone = expected_clone(rt)
+    assert audio == wire.pcm16(clone.samples)
+    prompt, generated = clone.info["prompt_tokens"], clone.info["generated_tokens"]
+    assert 0 < generated <= 60 and prompt > 0
+    assert done == {"type": "speech.audio.done",
+                    "usage": {"input_tokens": prompt, "output_tokens": generated, "total_tokens": prompt + generated}}
 
 
 def speech(client, **fields):
@@ -92,12 +124,33 @@ def test_the_openai_client_library_gets_the_same_audio(rt, app, voice):
                                                          response_format="wav")
 
 
+@pytest.mark.parametrize("response_format", ["pcm", "wav"])
+def test_sse_streams_speech_events_with_the_same_audio_and_the_usage(rt, client, voice, response_format):
+    with client.stream("POST", "/v1/audio/speech", json={"model": "editx", "input": SAY, "voice": "narrator",
+                                                         "response_format": response_format,
+                                                         "stream_format": "sse", **SHORT}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r.iter_lines())
+    check_speech_events(events, rt, response_format)
+
+
+def test_the_openai_client_library_reads_the_sse_stream(rt, app, voice):
+    openai = pytest.importorskip("openai")
+    sdk = openai.OpenAI(base_url="http://testserver/v1", api_key=API_KEY, http_client=TestClient(app), max_retries=0)
+    with sdk.audio.speech.with_streaming_response.create(model="editx", voice="narrator", input=SAY,
+                                                         response_format="pcm", stream_format="sse",
+                                                         extra_body=SHORT) as streamed:
+        events = sse_events(streamed.iter_lines())
+    check_speech_events(events, rt, "pcm")
+
+
 REFUSED = [
     ({"response_format": "mp3"}, 400, "response_format: 'mp3' is not available"),
     ({"response_format": "ogg"}, 400, "unknown format 'ogg'"),
     ({"speed": 1.5}, 400, "speed"),
     ({"instructions": "sound cheerful"}, 400, "instructions"),
-    ({"stream_format": "sse"}, 400, "stream_format"),
+    ({"stream_format": "chunks"}, 400, "stream_format: unknown 'chunks'"),
     ({"input": "   "}, 400, "input"),
     ({"voice": "alloy"}, 404, "voice: unknown voice 'alloy'"),
     ({"voices": "narrator"}, 422, "voices"),
