@@ -326,6 +326,7 @@ class Engine:
 
     def _fail(self, req: Request, exc: BaseException) -> None:
         req.error = exc
+        req.state = FAILED  # now, not at the next step's ending: the reader sees `exc` next and may look
         self.scheduler.finish(req.id, FinishReason.ERROR)
         req.out.put(exc)
         self._signal()

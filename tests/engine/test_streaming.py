@@ -12,7 +12,7 @@ import torch
 from editx import AudioChunk, InvalidInputError
 
 from audio_compare import assert_same_result
-from engine_testing import DEVICE, make_runtime
+from engine_testing import DEVICE, make_runtime, wait_idle
 
 TOKENS = 90  # > 2 decoder chunks (setup 5, chunks of 25 and 40 ids, + 5 lookahead) yet quick on CPU
 
@@ -142,18 +142,8 @@ def test_unbatched_decoder_is_bit_identical_to_sequential(voices, overlap):
             assert_equal_on_cpu(np.concatenate([c.samples for c in drain(stream)]), want)
 
 
-def _wait_idle(rt, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        stats = rt.engine_stats()
-        if stats["active_requests"] == 0 and stats["used_blocks"] == 0:
-            return stats
-        time.sleep(0.05)
-    raise AssertionError(f"engine did not go idle: {rt.engine_stats()}")
-
-
 def test_cancel_mid_stream_frees_everything_and_spares_others(rt, voices):
-    baseline = _wait_idle(rt)
+    baseline = wait_idle(rt)
     other_expected = _sequential(rt, [(voices[2], "Keep going.", 7)])[0]
     other = rt.stream_clone(voices[2], "A prompt.", "Keep going.", seed=7, sampling=params(rt))
     doomed = rt.stream_clone(voices[0], "A prompt.", "Stop me.", seed=9, sampling=params(rt, 400))
@@ -162,7 +152,7 @@ def test_cancel_mid_stream_frees_everything_and_spares_others(rt, voices):
     doomed.close()  # cancel mid-stream
     got = np.concatenate([c.samples for c in drain(other)])
     assert_same_result(got, other_expected)
-    after = _wait_idle(rt)
+    after = wait_idle(rt)
     assert after["used_blocks"] == baseline["used_blocks"] == 0
     assert after["free_blocks"] == baseline["free_blocks"]
     assert doomed.request.state == "cancelled"
@@ -193,7 +183,7 @@ def test_decoder_failure_fails_only_that_stream(rt, voices, monkeypatch):
         drain(bad)
     assert drain(good)[-1].is_last
     assert bad.request.state == "failed"
-    _wait_idle(rt)
+    wait_idle(rt)
 
 
 def test_stream_edit_streams_the_last_iteration(rt, voices):
@@ -299,7 +289,7 @@ def test_an_abandoned_event_loop_cancels_only_its_stream(rt, voices):
     other = rt.stream_clone(voices[2], "A prompt.", "Keep going.", seed=7, sampling=params(rt))
     loop.close()  # the engine's next put to that stream's sink raises "Event loop is closed"
     assert_same_result(np.concatenate([c.samples for c in drain(other)]), other_expected)
-    after = _wait_idle(rt)
+    after = wait_idle(rt)
     assert after["used_blocks"] == 0
 
 
@@ -321,7 +311,7 @@ def test_decoder_slot_pool_streams_match_and_slots_come_back(voices, overlap):
         streams = [rt.stream_clone(v, "A prompt.", t, seed=s, sampling=params(rt)) for v, t, s in jobs]
         for stream, want in zip(streams, expected):
             assert_same_result(np.concatenate([c.samples for c in drain(stream)]), want)
-        _wait_idle(rt)
+        wait_idle(rt)
         stats = rt.engine_stats()
         assert stats["free_decoder_slots"] == 2 and stats["decoder_slot_solves"] > 0
         if DEVICE == "cuda":
