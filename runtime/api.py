@@ -193,6 +193,14 @@ class Runtime:
                     "decoder_graph_error": slots.graph_error}
         return {**self._streamer.engine.stats(), **pool}
 
+    def describe(self) -> dict:
+        """What this runtime runs, as JSON-able values: model, device, the LLM path (dtype, attention
+        kernel, decode CUDA graphs and their buckets), KV pool, decoder path (DiT slot pool, backends),
+        front-end ONNX providers and threads, kernel choices (see `editx.describe`)."""
+        from .describe import describe
+
+        return describe(self)
+
     def warmup(self) -> None:
         """Capture the streaming path's CUDA graphs now instead of on first use, where a capture adds
         to that request's latency: the LLM decode step of every batch bucket and the DiT slot pool's

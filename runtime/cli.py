@@ -18,9 +18,9 @@ from .errors import EditXError
 EDIT_TYPES = ["emotion", "style", "speed", "paralinguistic", "denoise", "vad"]
 
 
-def _model_arguments(p: argparse.ArgumentParser) -> None:
+def _model_arguments(p: argparse.ArgumentParser, required: bool = True) -> None:
     """Flags that build the Runtime (every command that loads a model)."""
-    p.add_argument("--model", "--model-path", dest="model", required=True,
+    p.add_argument("--model", "--model-path", dest="model", required=required,
                    help="upstream install folder (holding Step-Audio-EditX/ and Step-Audio-Tokenizer/), "
                         "or dummy:tiny / dummy:full")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_arguments(sub.add_parser("export", help="write ONNX graphs (and TensorRT plans) of a model"))
     _serve_arguments(sub.add_parser("serve", help="HTTP server: streamed clone / edit for many concurrent clients"))
+    env = sub.add_parser("env", help="versions, GPUs and onnxruntime providers; with --model, what that runtime "
+                                     "runs (attention kernel, CUDA graphs, DiT slot pool, ONNX providers)")
+    _model_arguments(env, required=False)
+    env.add_argument("--json", action="store_true", help="one JSON object instead of text")
     return parser
 
 
@@ -124,6 +128,8 @@ def run(args: argparse.Namespace) -> list[Path]:
         return run_export(args, report)
     if args.command == "serve":
         return serve(args, report)
+    if args.command == "env":
+        return show_env(args, report)
     _validate_early(args)
     rt = load_runtime(args, report)
     sampling = rt.default_sampling(greedy=args.greedy, max_new_tokens=args.max_new_tokens)
@@ -140,6 +146,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         else:
             audio = rt.clone(args.prompt_audio, args.prompt_text, args.text, seed=args.seed, sampling=sampling,
                              stream=not args.offline)
+            _warn_if_cut(audio.info.get("stop_reason"), audio.info.get("generated_tokens"))
             written.append(save(audio, target))
     elif args.stream:
         report(f"editing ({args.edit_type}, streaming the last of {args.n_edit_iter} iteration(s))")
@@ -154,6 +161,7 @@ def run(args: argparse.Namespace) -> list[Path]:
                           text=args.text, n_iter=args.n_edit_iter, seed=args.seed, sampling=sampling,
                           stream=not args.offline)
         for k, audio in enumerate(results, start=1):
+            _warn_if_cut(audio.info.get("stop_reason"), audio.info.get("generated_tokens"))
             last = k == len(results)
             path = Path(args.output) if (args.output and last) else out_dir / f"{stem}_edited_iter{k}.wav"
             written.append(save(audio, path))
@@ -174,6 +182,32 @@ def load_runtime(args: argparse.Namespace, report, **overrides):
                                    progress=not args.quiet, backends=",".join(args.backend) or None,
                                    export_dir=args.export_dir, stream_chunk_frames=args.chunk_frames,
                                    onnx_provider=args.onnx_provider, onnx_threads=args.onnx_threads, **overrides)
+
+
+def show_env(args: argparse.Namespace, report) -> list[Path]:
+    """`editx env`: the environment, and with --model the loaded runtime's effective settings."""
+    import json
+
+    from .describe import environment
+
+    info = {"environment": environment()}
+    if args.model is not None:
+        rt = load_runtime(args, report)
+        try:
+            info["runtime"] = rt.describe()
+        finally:
+            rt.close()
+    print(json.dumps(info, indent=1) if args.json else "\n".join(_flat_lines(info)))
+    return []
+
+
+def _flat_lines(value, prefix: str = ""):
+    """Nested dicts as `a.b.c: value` lines (lists and scalars printed as they are)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _flat_lines(item, f"{prefix}{key}.")
+    else:
+        yield f"{prefix[:-1]}: {value}"
 
 
 def serve(args: argparse.Namespace, report) -> list[Path]:
@@ -250,6 +284,15 @@ def _stream_to_stdout(chunks, report) -> Path:
 
 def _report_chunk(report, chunk) -> None:
     report(f"chunk {chunk.index}: {chunk.samples.size / chunk.sample_rate:.2f} s" + (" (last)" if chunk.is_last else ""))
+    if chunk.usage is not None:
+        _warn_if_cut(chunk.usage.stop_reason, chunk.usage.generated_tokens)
+
+
+def _warn_if_cut(stop_reason, tokens) -> None:
+    """A result the token limit ended (not the model) may stop mid-word: say so even with --quiet."""
+    if stop_reason == "length":
+        print(f"editx: warning: generation stopped at the token limit ({tokens} tokens), not at the model's end "
+              "of speech: the audio may end mid-word (raise --max-new-tokens)", file=sys.stderr, flush=True)
 
 
 def save(audio, path: Path) -> Path:

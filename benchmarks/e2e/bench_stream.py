@@ -204,7 +204,8 @@ def main(argv=None) -> dict:
     payload = {"benchmark": "e2e/stream", "model": args.model, "env": environment(rt.config.device),
                "overlap_decoder": rt.config.overlap_decoder, "chunk_frames": list(rt.decoder.flow.cfg.chunk_sizes),
                "decoder_slots": rt.engine_stats()["decoder_slots"],
-               "tokens_per_request": args.tokens, "levels": [], "offline_baseline_c1": baseline, "complete": False}
+               "tokens_per_request": args.tokens, "runtime": rt.describe(),  # what ran: graphs, kernels, pool
+               "levels": [], "offline_baseline_c1": baseline, "complete": False}
     levels = payload["levels"]
     for n in args.concurrency:
         for voice in args.voices:

@@ -138,7 +138,8 @@ class _Server:
         cfg = self.runtime.config
         return {"model": self.model_name, "device": str(cfg.device), "dtype": str(cfg.dtype).removeprefix("torch."),
                 "sample_rate": OUTPUT_SAMPLE_RATE, "channels": 1, "formats": list(wire.FORMATS),
-                "edit_types": list(EDIT_TYPES), "max_requests": self.admission.limit}
+                "edit_types": list(EDIT_TYPES), "max_requests": self.admission.limit,
+                "runtime": self.runtime.describe()}
 
     # -- inputs -------------------------------------------------------------------------
     def audio_input(self, b64: Optional[str], voice_id: Optional[str], field: str):

@@ -141,3 +141,36 @@ def test_onnx_flags_reach_the_runtime():
         assert rt.components.vq06.graph.session.get_session_options().intra_op_num_threads == 3
     finally:
         rt.close()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["collected", "streamed"])
+def test_a_result_cut_by_the_token_limit_is_warned_about_even_when_quiet(tmp_path, capsys, stream):
+    """8 tokens: the random-weight model has not ended its speech, the limit did (stop_reason "length")."""
+    rc = main(["clone", "--model", "dummy:tiny", "--prompt-audio", str(PROMPT), "--prompt-text", "A prompt.",
+               "--text", "A sentence that needs more than eight tokens.", "--max-new-tokens", "8", "--seed", "1",
+               "--quiet", "--output", str(tmp_path / "cut.wav"), *(["--stream"] if stream else [])])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "token limit (8 tokens)" in err and "--max-new-tokens" in err
+    rc = main(["clone", "--model", "dummy:tiny", "--prompt-audio", str(PROMPT), "--prompt-text", "A prompt.",
+               "--text", "Hi.", "--max-new-tokens", "8", "--seed", "1", "--quiet", "--greedy", "--offline",
+               "--output", str(tmp_path / "cut2.wav")])
+    assert rc == 0 and "token limit" in capsys.readouterr().err  # upstream's offline path reports it too
+
+
+def test_env_prints_the_environment_and_a_runtimes_effective_settings(capsys):
+    import json
+
+    assert main(["env"]) == 0
+    text = capsys.readouterr().out
+    assert "environment.packages.torch: " in text and "environment.onnxruntime_providers: " in text
+    assert main(["env", "--model", "dummy:tiny", "--quiet", "--json", "--onnx-threads", "1",
+                 "--chunk-frames", "6,24,48"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    runtime = info["runtime"]
+    assert runtime["model"] == "dummy:tiny" and runtime["device"] == "cpu"
+    assert runtime["front_end"]["vq06"]["intra_op_threads"] == 1  # the flag, as the session has it
+    assert runtime["decoder"]["chunk_frames"] == [6, 24, 48]
+    # on a CPU: no CUDA graphs, no slot pool, the PyTorch references everywhere
+    assert runtime["llm"]["decode_graphs"] is None and runtime["decoder"]["dit_slots"] is None
+    assert {k["runs"] for k in runtime["kernels"].values()} == {"reference"}

@@ -75,6 +75,7 @@ def test_health_info(client):
     info = client.get("/v1/info").json()
     assert info["sample_rate"] == 24000 and info["formats"] == list(wire.FORMATS)
     assert "emotion" in info["edit_types"] and info["model"] == "dummy:tiny"
+    assert info["runtime"]["kv_cache"]["max_num_seqs"] == info["max_requests"] // 4  # Runtime.describe()
 
 
 def test_f32_stream_equals_runtime_clone(rt, client, prompt_b64, prompt_path):
