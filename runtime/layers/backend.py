@@ -7,6 +7,7 @@ Ops (names used by `set_kernel_backend`):
     "rms_norm"         Step1 RMSNorm (+ residual add)
     "swiglu"           Step1 MLP gate
     "adaln"            DiT LayerNorm + adaLN modulate (+ gated residual)
+    "snake"            HiFT's Snake activation x + sin²(αx)/α
 
 Backends: "auto" (Triton for CUDA tensors when Triton is installed and the kernel supports
 the call; the reference otherwise), "reference", "triton" (always the kernel; on CPU tensors
@@ -26,7 +27,7 @@ import torch
 from ..errors import BackendUnavailableError, InvalidInputError
 
 BACKENDS = ("auto", "reference", "triton")
-OPS = ("alibi_attention", "dit_attention", "embedding", "rms_norm", "swiglu", "adaln")
+OPS = ("alibi_attention", "dit_attention", "embedding", "rms_norm", "swiglu", "adaln", "snake")
 
 _choice: dict[str, str] = {op: "auto" for op in OPS}
 

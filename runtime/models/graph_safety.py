@@ -86,7 +86,7 @@ class _Recorder(TorchDispatchMode):
         self.in_method = 0  # inside a watched Tensor method: its own aten ops are that one hazard
 
     def note(self, op: str, why: str) -> None:
-        if not self.in_method and not getattr(_gated, "depth", 0) and not _inside_interpreted_kernel():
+        if not self.in_method and not getattr(_gated, "depth", 0) and not inside_interpreted_kernel():
             self.hazards.append(GraphHazard(op, why, _caller()))
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -137,7 +137,8 @@ def _has_bool_index(args) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (indices or ()))
 
 
-def _inside_interpreted_kernel() -> bool:
+def inside_interpreted_kernel() -> bool:
+    """Whether the caller runs inside a Triton-interpreter kernel launch (one launch on a GPU)."""
     frame = sys._getframe(2)
     while frame is not None:
         name = frame.f_code.co_filename

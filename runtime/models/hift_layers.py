@@ -11,8 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-# Upstream Snake guards its division with this constant (`no_div_by_zero`).
-_SNAKE_EPS = 1e-9
+from ..layers.activations import snake
 
 
 def same_padding(kernel_size: int, dilation: int = 1) -> int:
@@ -28,11 +27,8 @@ class Snake(nn.Module):
         self.alpha = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: [B, C, T]
-        alpha = self.alpha.view(1, -1, 1)
-        # 1e-9 vanishes in fp16/bf16, so the reciprocal is taken in fp32 and cast once.
-        inv_alpha = (1.0 / (alpha.float() + _SNAKE_EPS)).to(x.dtype)
-        return x + inv_alpha * torch.sin(x * alpha).pow(2)
+        # x: [B, C, T]; one fused pass on CUDA (editx.kernels.snake), upstream's ops otherwise
+        return snake(x, self.alpha)
 
 
 class ResBlock(nn.Module):
