@@ -75,8 +75,10 @@ if [ "$DEVICE" = "cpu" ]; then KQUICK="--quick"; KENV="TRITON_INTERPRET=1"; fi
 [ -d .gpu_data/audio ] && export EDITX_AUDIO=$PWD/.gpu_data/audio
 # Most important first (issue 5): the streaming engine on the device (CUDA-graph decode steps vs
 # eager, concurrency = sequential, cancel), then the dummy:full streaming sweep.
+# (tests/engine includes the soak: a random request mix with a 2-slot DiT pool, i.e. graph captures on the
+# decoder worker under load; test_snake.py: the HiFT Snake kernel, new since the last card.)
 step engine_tests 200 "engine tests on $DEVICE" env EDITX_TEST_DEVICE="$DEVICE" $KENV $PY -m pytest -q -x tests/engine \
-    tests/unit/test_model_runner.py tests/unit/test_dit_slots.py
+    tests/unit/test_model_runner.py tests/unit/test_dit_slots.py tests/kernels/test_snake.py
 # The DiT slot pool: set-up + first chunk and steady chunks, packed (eager) vs slots (CUDA graphs).
 step decoder_slots 90 "decoder slot pool benchmark: $MODEL on $DEVICE" $PY benchmarks/e2e/bench_decoder_slots.py \
     --model "$MODEL" --device "$DEVICE" --streams ${SLOT_STREAMS:-1 4 16} --out "$OUT/.parts/stages/decoder_slots.json"

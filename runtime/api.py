@@ -24,11 +24,13 @@ import time
 from pathlib import Path
 from typing import AsyncIterator, Optional, Union
 
+import numpy as np
 import torch
 
 from .config import RuntimeConfig, parse_device
 from .engine.generate import audio_logit_bias
 from .engine.jobs import ChunkStream, Job, OfflineRunner, StreamRunner, collect
+from .engine.pieces import PieceStream, achain_pieces
 from .engine.sampling import SamplingParams
 from .engine.scheduler import SchedulerConfig
 from .engine.token2wav import Token2Wav, decoder_slots
@@ -37,6 +39,7 @@ from .engine.voice_cache import VoiceCache, audio_key
 from .errors import InvalidInputError
 from .export.backends import apply_backends
 from .frontend.audio_io import audio_from_array, load_audio
+from .frontend.text_split import split_text
 from .loading.components import Components, check_vocab, load_components
 from .models.text import EDIT_TYPES, build_edit_instruction, clone_speaker_id, encode_clone_prompt, \
     encode_edit_prompt
@@ -47,6 +50,8 @@ log = logging.getLogger("editx")
 AudioInput = Union[str, Path, bytes, Audio, tuple]
 NOISE_FRAMES = 30000          # upstream rand_noise: 600 s at 50 mel frames/s
 MAX_TEXT_CHARS = 4000         # far beyond one utterance; bounds tokenizer work on hostile input
+MAX_SPLIT_TEXT_CHARS = 100_000  # a split request: ~2 hours of speech
+SPLIT_PIECE_CHARS = 300       # ~20 s of English speech (~1 min of Chinese): well inside one request's budget
 MIN_NEW_TOKEN_ROOM = 64       # ~1.5 s of audio: a prompt must leave at least this much to generate
 KV_BLOCK_SIZE = 16
 
@@ -102,29 +107,57 @@ class Runtime:
 
     # -- clone ----------------------------------------------------------------------------
     def clone(self, prompt_audio: AudioInput, prompt_text: str, text: str, *, seed: Optional[int] = None,
-              sampling: Optional[SamplingParams] = None, stream: Optional[bool] = None) -> Audio:
+              sampling: Optional[SamplingParams] = None, stream: Optional[bool] = None, split: bool = False) -> Audio:
         """Speak `text` in the voice of `prompt_audio` (whose transcript is `prompt_text`).
 
         prompt_audio: a file path, encoded bytes, an `Audio`, or `(samples, sample_rate)`; >= 16 kHz.
         Returns mono float32 Audio at 24 kHz (the collected stream, or upstream's offline
-        decode with `stream=False`).
+        decode with `stream=False`). split: speak long text (up to 100,000 characters) as consecutive
+        requests of whole sentences, <= 300 characters each, piece k seeded seed + k (see `stream_clone`).
         """
+        if split:
+            pieces = self._pieces(text)
+            if self.config.stream if stream is None else stream:
+                return collect(self.stream_clone(prompt_audio, prompt_text, text, seed=seed, sampling=sampling,
+                                                 split=True), text)
+            return _joined([self._run(self._clone_job(prompt_audio, prompt_text, piece, _seed_k(seed, k), sampling),
+                                      False) for k, piece in enumerate(pieces)], text)
         return self._run(self._clone_job(prompt_audio, prompt_text, text, seed, sampling), stream)
 
     def stream_clone(self, prompt_audio: AudioInput, prompt_text: str, text: str, *, seed: Optional[int] = None,
-                     sampling: Optional[SamplingParams] = None, priority: int = 0) -> ChunkStream:
+                     sampling: Optional[SamplingParams] = None, priority: int = 0,
+                     split: bool = False) -> Union[ChunkStream, PieceStream]:
         """Like `clone`, yielding `AudioChunk`s (float32 [n], 24 kHz, index, is_last) as they are made.
 
         Closing the returned iterator cancels the request and frees its KV blocks and caches.
+        split: `text` (up to 100,000 characters) is cut into pieces of whole sentences of <= 300
+        characters, spoken as consecutive requests in this voice (piece k seeded seed + k) and streamed
+        as one: piece k+1 generates while piece k plays, so there is no gap. Without it a text over
+        4,000 characters is refused, and one near that size would hit max_length (~3 minutes of speech).
         """
-        return self._streamer.stream(self._clone_job(prompt_audio, prompt_text, text, seed, sampling), priority)
+        if not split:
+            return self._streamer.stream(self._clone_job(prompt_audio, prompt_text, text, seed, sampling), priority)
+        pieces = self._pieces(text)
+
+        def start(k: int) -> ChunkStream:
+            job = self._clone_job(prompt_audio, prompt_text, pieces[k], _seed_k(seed, k), sampling)
+            return self._streamer.stream(job, priority)
+
+        return PieceStream(start, len(pieces))
 
     async def astream_clone(self, prompt_audio: AudioInput, prompt_text: str, text: str, *,
                             seed: Optional[int] = None, sampling: Optional[SamplingParams] = None,
-                            priority: int = 0) -> AsyncIterator[AudioChunk]:
+                            priority: int = 0, split: bool = False) -> AsyncIterator[AudioChunk]:
         """asyncio twin of `stream_clone` (the front end runs in a worker thread)."""
-        job = await asyncio.to_thread(self._clone_job, prompt_audio, prompt_text, text, seed, sampling)
-        async with contextlib.aclosing(self._streamer.astream(job, priority)) as chunks:  # closing us cancels it now
+        pieces = self._pieces(text) if split else [text]
+        first = await asyncio.to_thread(self._clone_job, prompt_audio, prompt_text, pieces[0], seed, sampling)
+
+        def start(k: int) -> AsyncIterator[AudioChunk]:  # the voice is cached by piece 0: no front end here
+            job = first if k == 0 else self._clone_job(prompt_audio, prompt_text, pieces[k], _seed_k(seed, k),
+                                                       sampling)
+            return self._streamer.astream(job, priority)
+
+        async with contextlib.aclosing(achain_pieces(start, len(pieces))) as chunks:  # closing us cancels it now
             async for chunk in chunks:
                 yield chunk
 
@@ -259,6 +292,14 @@ class Runtime:
                 "or the prompt audio")
         return Job(ids, voice, params, text)
 
+    def _pieces(self, text: str) -> list[str]:
+        """`text` as pieces of whole sentences for a split request (each then checked like any text)."""
+        if not isinstance(text, str) or not text.strip():
+            _check_text(text, "text")
+        if len(text) > MAX_SPLIT_TEXT_CHARS:
+            raise InvalidInputError(f"text: {len(text)} characters is too long even split (max {MAX_SPLIT_TEXT_CHARS})")
+        return split_text(text, SPLIT_PIECE_CHARS)
+
     def _run(self, job: Job, stream: Optional[bool]) -> Audio:
         if not (self.config.stream if stream is None else stream):
             return self._offline.run(job, self._progress_hook())
@@ -351,11 +392,20 @@ def _fields(params: SamplingParams) -> dict:
     return {name: getattr(params, name) for name in params.__slots__}
 
 
+def _joined(parts: list[Audio], text: str) -> Audio:
+    """Audio of consecutive pieces as one (token counts summed)."""
+    info = {key: sum(p.info.get(key, 0) for p in parts) for key in ("prompt_tokens", "generated_tokens")}
+    cut = any(p.info.get("stop_reason") == "length" for p in parts)
+    info.update(pieces=len(parts), stop_reason="length" if cut else parts[-1].info.get("stop_reason"))
+    return Audio(np.concatenate([p.samples for p in parts]).astype(np.float32, copy=False), parts[0].sample_rate,
+                 text, info)
+
+
 def _check_text(value: object, name: str) -> None:
     if not isinstance(value, str):
         raise InvalidInputError(f"{name}: expected a string, got {type(value).__name__}")
     if not value.strip():
         raise InvalidInputError(f"{name}: must not be empty")
     if len(value) > MAX_TEXT_CHARS:
-        raise InvalidInputError(f"{name}: {len(value)} characters is too long (max {MAX_TEXT_CHARS}); "
-                                "split long text into sentences")
+        raise InvalidInputError(f"{name}: {len(value)} characters is too long for one request (max "
+                                f"{MAX_TEXT_CHARS}); clone with split=True (CLI --split) to speak it piece by piece")

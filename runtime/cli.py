@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     clone = sub.add_parser("clone", help="zero-shot voice clone: speak --generated-text in the prompt's voice")
     _common(clone)
     clone.add_argument("--generated-text", "--text", dest="text", required=True, help="text to speak")
+    clone.add_argument("--split", action="store_true",
+                       help="speak long text (up to 100,000 characters) as consecutive requests of whole "
+                            "sentences (<= 300 characters each), streamed as one")
     edit = sub.add_parser("edit", help="edit the prompt audio by instruction")
     _common(edit)
     edit.add_argument("--edit-type", required=True, choices=EDIT_TYPES)
@@ -141,11 +144,11 @@ def run(args: argparse.Namespace) -> list[Path]:
         target = Path(args.output or out_dir / f"{stem}_cloned.wav")
         if args.stream:
             chunks = rt.stream_clone(args.prompt_audio, args.prompt_text, args.text, seed=args.seed,
-                                     sampling=sampling)
+                                     sampling=sampling, split=args.split)
             written.append(write_stream(chunks, target, report))
         else:
             audio = rt.clone(args.prompt_audio, args.prompt_text, args.text, seed=args.seed, sampling=sampling,
-                             stream=not args.offline)
+                             stream=not args.offline, split=args.split)
             _warn_if_cut(audio.info.get("stop_reason"), audio.info.get("generated_tokens"))
             written.append(save(audio, target))
     elif args.stream:

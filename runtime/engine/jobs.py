@@ -151,6 +151,7 @@ class StreamRunner:
         sink = _AsyncSink(asyncio.get_running_loop())
         req.out = sink
         self.engine.submit(req)
+        complete = False  # the is_last chunk was handed out: nothing left to cancel
         try:
             while True:
                 item = await sink.queue.get()
@@ -158,9 +159,10 @@ class StreamRunner:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                complete = item.is_last
                 yield item
         finally:
-            if not req.done and not req.cancel_event.is_set():
+            if not complete and not req.done and not req.cancel_event.is_set():
                 self.engine.cancel(req)
 
     def shutdown(self) -> None:
@@ -188,6 +190,7 @@ class ChunkStream:
         if isinstance(item, BaseException):
             self._closed = True
             raise item
+        self._closed = item.is_last  # complete: a later close() must not cancel a finished request
         return item
 
     def close(self) -> None:

@@ -100,7 +100,8 @@ def create_app(runtime, config: Optional[ServerConfig] = None, model_name: str =
         sampling = server.sampling(body.sampling)
         return await server.respond(
             lambda: runtime.astream_clone(audio, body.prompt_text, body.text, seed=body.seed, sampling=sampling,
-                                          priority=body.priority), body.format, body.stream, request)
+                                          priority=body.priority, split=body.split), body.format, body.stream,
+            request)
 
     @app.post("/v1/edit")
     async def edit(body: EditBody, request: Request) -> Response:
@@ -118,8 +119,9 @@ def create_app(runtime, config: Optional[ServerConfig] = None, model_name: str =
         text = openai_speech.prompt_text(voice, body.voice)
         sampling = server.sampling(body.sampling)
         return await server.respond(
-            lambda: runtime.astream_clone(voice.audio, text, body.input, seed=body.seed, sampling=sampling), fmt,
-            True, request, openai_speech.framing(body, fmt, OUTPUT_SAMPLE_RATE))
+            lambda: runtime.astream_clone(voice.audio, text, body.input, seed=body.seed, sampling=sampling,
+                                          split=body.split), fmt, True, request,
+            openai_speech.framing(body, fmt, OUTPUT_SAMPLE_RATE))
 
     return app
 

@@ -36,6 +36,8 @@ class CloneBody(_AudioRequest):
     voice_id: Optional[str] = Field(None, description="id from POST /v1/voices instead of prompt_audio")
     prompt_text: str
     text: str
+    split: bool = Field(False, description="speak long text (<= 100,000 characters) as consecutive requests of "
+                                           "whole sentences, streamed as one")
 
 
 class EditBody(_AudioRequest):
@@ -73,3 +75,4 @@ class SpeechBody(_Body):
                                                      "base64 audio, then speech.audio.done with the usage)")
     seed: Optional[int] = Field(None, description="editx extension: fixed seed, the same request gives the same audio")
     sampling: Optional[SamplingBody] = Field(None, description="editx extension: sampling overrides, as in /v1/clone")
+    split: bool = Field(False, description="editx extension: long input spoken piece by piece, as in /v1/clone")

@@ -174,3 +174,15 @@ def test_env_prints_the_environment_and_a_runtimes_effective_settings(capsys):
     # on a CPU: no CUDA graphs, no slot pool, the PyTorch references everywhere
     assert runtime["llm"]["decode_graphs"] is None and runtime["decoder"]["dit_slots"] is None
     assert {k["runs"] for k in runtime["kernels"].values()} == {"reference"}
+
+
+def test_split_flag_speaks_long_text_piece_by_piece(tmp_path, capsys):
+    text = " ".join(f"Sentence number {i} is spoken here." for i in range(12))  # ~420 characters: 2 pieces
+    common = ["clone", "--model", "dummy:tiny", "--prompt-audio", str(PROMPT), "--prompt-text", "A prompt.",
+              "--text", text, "--max-new-tokens", "20", "--seed", "2", "--quiet", "--split"]
+    assert main([*common, "--stream", "--output", str(tmp_path / "s.wav")]) == 0
+    assert main([*common, "--output", str(tmp_path / "c.wav")]) == 0
+    a, _ = sf.read(str(tmp_path / "s.wav"), dtype="int16")
+    b, _ = sf.read(str(tmp_path / "c.wav"), dtype="int16")
+    # two pieces of at most 20 ids: more audio than one 20-id request (2880 samples per 5 ids) can hold
+    assert np.array_equal(a, b) and len(a) > 2880 * 4

@@ -431,3 +431,16 @@ def test_histogram_buckets_are_cumulative_and_inclusive():
     for value in (0.05, 0.1, 0.3, 2.0):
         h.observe(value)
     assert h.counts == [2, 3, 3] and h.count == 4 and abs(h.total - 2.45) < 1e-12  # 0.1 falls in le="0.1"
+
+
+def test_split_clone_streams_the_pieces_as_one(rt, client, prompt_b64, prompt_path):
+    """`split: true` speaks a text piece by piece (pieces of <= 300 characters: two here); the body is the
+    Runtime's split clone."""
+    text = " ".join(f"Sentence number {i} is spoken here." for i in range(12))  # ~420 characters: 2 pieces
+    sampling = rt.default_sampling(max_new_tokens=20)
+    expected = rt.clone(prompt_path, PROMPT_TEXT, text, seed=5, sampling=sampling, split=True)
+    r = client.post("/v1/clone", json=clone_body(prompt_b64, text=text, split=True, format="f32",
+                                                  sampling={"max_new_tokens": 20}))
+    assert r.status_code == 200, r.text
+    assert_same_result(np.frombuffer(r.content, dtype="<f4"), expected.samples)
+    assert expected.info["generated_tokens"] <= 2 * 20  # two pieces of at most 20 tokens each
