@@ -59,7 +59,7 @@ def _llm(rt, engine) -> dict:
         "parameters": sum(p.numel() for p in llm.parameters()),
         "fused_projections": llm.projections_fused,
         "audio_only_logits": engine.vocab is not None,
-        "attention": "triton" if alibi_uses_triton(llm.device, llm.config.head_dim, engine_backend(engine))
+        "attention": "triton" if alibi_uses_triton(llm.device, llm.config.head_dim, _engine_backend(engine))
         else "reference",
         # Streaming decode-only steps: CUDA graphs per batch bucket (captured on first use or by warmup()).
         "decode_graphs": None if graphs is None else {"mode": graphs.mode, "buckets": list(graphs.buckets),
@@ -68,7 +68,7 @@ def _llm(rt, engine) -> dict:
     }
 
 
-def engine_backend(engine) -> str:
+def _engine_backend(engine) -> str:
     return getattr(engine.graphs, "backend", "auto") if engine.graphs is not None else "auto"
 
 

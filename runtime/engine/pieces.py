@@ -58,14 +58,14 @@ class PieceStream:
 
     def __next__(self) -> AudioChunk:
         while not self._closed:
-            try:
+            try:  # a failing piece (or a next piece that cannot start) ends the whole stream, cancelling the rest
                 chunk = next(self._current)
+                if self._next is None and self._piece + 1 < self._n:
+                    self._next = self._start(self._piece + 1)  # generates while this piece plays
+                    self.requests.append(self._next.request)
             except BaseException:
                 self.close()
                 raise
-            if self._next is None and self._piece + 1 < self._n:
-                self._next = self._start(self._piece + 1)  # generates while this piece plays
-                self.requests.append(self._next.request)
             out = self._relabel(chunk, self._piece)
             if chunk.is_last:
                 self._advance()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from audio_compare import assert_same_result
-from engine_testing import wait_idle
+from engine_testing import make_runtime, wait_idle
 
 import editx.api as api
 from editx import InvalidInputError
@@ -17,6 +17,15 @@ from editx.frontend.text_split import split_text
 TEXT = ("The first sentence is here. A second one follows it! And then a third, which runs longer than the "
         "others. Short fourth.")
 PIECE_CHARS = 40  # the module default (300) would need a text too long for a quick CPU test
+
+
+@pytest.fixture(scope="module")
+def rt():
+    """One runtime with the default decoder worker: the pieces are plain requests to the engine, whose
+    inline mode the other engine tests cover (this keeps CI time down)."""
+    runtime = make_runtime(seed=0)
+    yield runtime
+    runtime.close()
 
 
 @pytest.fixture
@@ -95,3 +104,23 @@ def test_split_limits_and_the_hint_without_it(rt, voices):
         rt.stream_clone(voices[0], "A prompt.", "a. " * 40_000, sampling=params(rt), split=True)
     with pytest.raises(InvalidInputError, match="text"):
         rt.stream_clone(voices[0], "A prompt.", "   ", sampling=params(rt), split=True)
+
+
+def test_a_piece_that_cannot_start_fails_the_stream_and_cancels_the_running_one(rt, voices, small_pieces,
+                                                                                monkeypatch):
+    """E.g. a later piece whose prompt leaves no room under max_length: the error reaches the reader at
+    once, the running piece is cancelled, nothing leaks."""
+    real_job = rt._clone_job
+
+    def failing(prompt_audio, prompt_text, text, seed, sampling):
+        if text == small_pieces[1]:
+            raise InvalidInputError("text/prompt too long: injected for piece 1")
+        return real_job(prompt_audio, prompt_text, text, seed, sampling)
+
+    monkeypatch.setattr(rt, "_clone_job", failing)
+    stream = rt.stream_clone(voices[0], "A prompt.", TEXT, seed=1, sampling=rt.default_sampling(max_new_tokens=400),
+                             split=True)
+    with pytest.raises(InvalidInputError, match="injected for piece 1"):
+        next(stream)
+    assert stream.requests[0].cancel_event.is_set()
+    assert wait_idle(rt)["used_blocks"] == 0
