@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from ..errors import InvalidInputError
@@ -135,6 +136,22 @@ class PagedDecodeGraphs:
             raise InvalidInputError(f"PagedDecodeGraphs.run: {n} one-token sequences do not fit the buckets")
         static = self._static.get(bucket) or self._make_static(bucket)
         static.load(chunks, self.cache.block_size, self.scratch)
+        return self._forward(static, bucket, n)
+
+    def run_decode(self, token_ids: list[int], positions: np.ndarray, table_offsets: np.ndarray,
+                   table_ids: np.ndarray) -> torch.Tensor:
+        """`run` for a decode-only engine step straight from the scheduler's arrays (no per-row Python):
+        token_ids [S] (each sequence's token at `positions`), positions [S], the block tables as CSR
+        (table_offsets [S+1] into table_ids) -> logits [S, V]."""
+        n = len(token_ids)
+        bucket = self.bucket(n)
+        if bucket is None:
+            raise InvalidInputError(f"PagedDecodeGraphs.run_decode: {n} sequences do not fit the buckets")
+        static = self._static.get(bucket) or self._make_static(bucket)
+        static.load_arrays(token_ids, positions, table_offsets, table_ids, self.cache.block_size, self.scratch)
+        return self._forward(static, bucket, n)
+
+    def _forward(self, static: "_PagedStatic", bucket: int, n: int) -> torch.Tensor:
         if self.mode == "static":
             return self.model.forward_paged(static.batch, self.cache, self.backend, self.vocab_ranges)[:n]
         graph, out = self._graphs.get(bucket) or self._capture(bucket, static)
@@ -180,10 +197,33 @@ class _PagedStatic:
             seq_lens=torch.ones(bucket, **i32), cu_seqlens_q=torch.arange(bucket + 1, **i32),
             logits_indices=torch.arange(bucket, **long))
 
+    def load_arrays(self, token_ids: list[int], positions: np.ndarray, table_offsets: np.ndarray,
+                    table_ids: np.ndarray, block_size: int, scratch: int) -> None:
+        """`load` from arrays (see `PagedDecodeGraphs.run_decode`): the padded block tables are one
+        scatter of the CSR ids, the slots one gather; padding rows touch only the scratch block."""
+        b, n = self.bucket, len(token_ids)
+        if not 0 < n <= b:
+            raise InvalidInputError(f"load_arrays: {n} rows for a bucket of {b}")
+        starts = table_offsets[:n].astype(np.int64)
+        lengths = table_offsets[1:n + 1] - starts
+        if int(lengths.max()) > self.max_blocks:
+            raise InvalidInputError(f"sequence needs {int(lengths.max())} blocks, graphs hold {self.max_blocks}")
+        tables = np.full((b, self.max_blocks), scratch, np.int32)
+        rows = np.repeat(np.arange(n), lengths)  # the row of every table entry; its column = rank within the row
+        cols = np.arange(rows.size) - np.repeat(starts - starts[0], lengths)
+        tables[rows, cols] = table_ids[starts[0]:starts[0] + rows.size]
+        pos = np.zeros(b, np.int64)
+        pos[:n] = positions
+        ids = np.zeros(b, np.int64)
+        ids[:n] = token_ids
+        slots = np.full(b, scratch * block_size, np.int64)
+        slots[:n] = table_ids[starts + pos[:n] // block_size] * np.int64(block_size) + pos[:n] % block_size
+        lens = np.ones(b, np.int32)
+        lens[:n] = pos[:n] + 1
+        self._copy_in(ids, pos, slots, tables, lens)
+
     def load(self, chunks, block_size: int, scratch: int) -> None:
         """Copy this step's rows into the buffers; padding rows touch only the scratch block."""
-        import numpy as np
-
         b = self.bucket
         ids = np.zeros(b, np.int64)
         pos = np.zeros(b, np.int64)
@@ -197,6 +237,9 @@ class _PagedStatic:
             ids[i], pos[i], lens[i] = c.token_ids[0], p, p + 1
             slots[i] = c.block_table[p // block_size] * block_size + p % block_size
             tables[i, :len(c.block_table)] = c.block_table
+        self._copy_in(ids, pos, slots, tables, lens)
+
+    def _copy_in(self, ids, pos, slots, tables, lens) -> None:
         bt = self.batch
         for dst, src in ((bt.input_ids, ids), (bt.positions, pos), (bt.slot_mapping, slots),
                          (bt.block_tables, tables), (bt.seq_lens, lens)):

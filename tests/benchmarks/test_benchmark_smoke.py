@@ -75,6 +75,14 @@ def test_sampling_benchmark_runs(tmp_path):
     assert [lv["rows"] for lv in levels] == [1, 3] and all(lv["speedup"] > 0 for lv in levels)
 
 
+def test_decode_fill_benchmark_runs(tmp_path):
+    out = tmp_path / "decode_fill.json"
+    run("bench_decode_fill.py", "--rows", "1", "9", "--rounds", "1", "--out", str(out))
+    levels = json.loads(out.read_text())["levels"]
+    assert [lv["rows"] for lv in levels] == [1, 9] and all(lv["per_row_us"] > 0 and lv["arrays_us"] > 0
+                                                           for lv in levels)
+
+
 def test_llm_step_benchmark_runs(tmp_path):
     out = tmp_path / "llm_step.json"
     run("bench_llm_step.py", "--model", "dummy:tiny", "--layers", "1", "--prefill", "20", "--repeats", "2",
