@@ -157,7 +157,8 @@ class Runtime:
                                                        sampling)
             return self._streamer.astream(job, priority)
 
-        async with contextlib.aclosing(achain_pieces(start, len(pieces))) as chunks:  # closing us cancels it now
+        source = achain_pieces(start, len(pieces)) if split else start(0)  # unsplit: the request's own chunks
+        async with contextlib.aclosing(source) as chunks:  # closing us cancels it now
             async for chunk in chunks:
                 yield chunk
 

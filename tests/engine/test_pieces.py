@@ -78,11 +78,12 @@ def test_clone_split_collects_the_stream_and_the_offline_path_joins_offline_piec
     streamed = rt.clone(voices[0], "A prompt.", TEXT, seed=3, sampling=params(rt), split=True)
     chunks = list(rt.stream_clone(voices[0], "A prompt.", TEXT, seed=3, sampling=params(rt), split=True))
     assert_same_result(streamed.samples, np.concatenate([c.samples for c in chunks]))
-    offline = rt.clone(voices[0], "A prompt.", TEXT, seed=3, sampling=params(rt), split=True, stream=False)
+    two = "First short sentence here. Second short one follows."  # two pieces: upstream's offline path is slow
+    offline = rt.clone(voices[0], "A prompt.", two, seed=3, sampling=params(rt), split=True, stream=False)
     pieces = [rt.clone(voices[0], "A prompt.", piece, seed=3 + k, sampling=params(rt), stream=False)
-              for k, piece in enumerate(small_pieces)]
+              for k, piece in enumerate(split_text(two, PIECE_CHARS))]
     assert np.array_equal(offline.samples, np.concatenate([p.samples for p in pieces]))
-    assert offline.info["pieces"] == len(small_pieces) and offline.text == TEXT
+    assert offline.info["pieces"] == len(pieces) == 2 and offline.text == two
     assert offline.info["generated_tokens"] == sum(p.info["generated_tokens"] for p in pieces)
 
 
