@@ -118,8 +118,10 @@ class Runtime:
         if split:
             pieces = self._pieces(text)
             if self.config.stream if stream is None else stream:
-                return collect(self.stream_clone(prompt_audio, prompt_text, text, seed=seed, sampling=sampling,
-                                                 split=True), text)
+                audio = collect(self.stream_clone(prompt_audio, prompt_text, text, seed=seed, sampling=sampling,
+                                                  split=True), text)
+                audio.info["pieces"] = len(pieces)
+                return audio
             return _joined([self._run(self._clone_job(prompt_audio, prompt_text, piece, _seed_k(seed, k), sampling),
                                       False) for k, piece in enumerate(pieces)], text)
         return self._run(self._clone_job(prompt_audio, prompt_text, text, seed, sampling), stream)

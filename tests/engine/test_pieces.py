@@ -78,6 +78,8 @@ def test_clone_split_collects_the_stream_and_the_offline_path_joins_offline_piec
     streamed = rt.clone(voices[0], "A prompt.", TEXT, seed=3, sampling=params(rt), split=True)
     chunks = list(rt.stream_clone(voices[0], "A prompt.", TEXT, seed=3, sampling=params(rt), split=True))
     assert_same_result(streamed.samples, np.concatenate([c.samples for c in chunks]))
+    assert streamed.info["pieces"] == len(small_pieces)
+    assert streamed.info["generated_tokens"] == chunks[-1].usage.generated_tokens
     two = "First short sentence here. Second short one follows."  # two pieces: upstream's offline path is slow
     offline = rt.clone(voices[0], "A prompt.", two, seed=3, sampling=params(rt), split=True, stream=False)
     pieces = [rt.clone(voices[0], "A prompt.", piece, seed=3 + k, sampling=params(rt), stream=False)
