@@ -118,8 +118,7 @@ class Runtime:
         if split:
             pieces = self._pieces(text)
             if self.config.stream if stream is None else stream:
-                audio = collect(self.stream_clone(prompt_audio, prompt_text, text, seed=seed, sampling=sampling,
-                                                  split=True), text)
+                audio = collect(self._piece_stream(prompt_audio, prompt_text, pieces, seed, sampling, 0), text)
                 audio.info["pieces"] = len(pieces)
                 return audio
             return _joined([self._run(self._clone_job(prompt_audio, prompt_text, piece, _seed_k(seed, k), sampling),
@@ -139,13 +138,7 @@ class Runtime:
         """
         if not split:
             return self._streamer.stream(self._clone_job(prompt_audio, prompt_text, text, seed, sampling), priority)
-        pieces = self._pieces(text)
-
-        def start(k: int) -> ChunkStream:
-            job = self._clone_job(prompt_audio, prompt_text, pieces[k], _seed_k(seed, k), sampling)
-            return self._streamer.stream(job, priority)
-
-        return PieceStream(start, len(pieces))
+        return self._piece_stream(prompt_audio, prompt_text, self._pieces(text), seed, sampling, priority)
 
     async def astream_clone(self, prompt_audio: AudioInput, prompt_text: str, text: str, *,
                             seed: Optional[int] = None, sampling: Optional[SamplingParams] = None,
@@ -302,6 +295,14 @@ class Runtime:
         if len(text) > MAX_SPLIT_TEXT_CHARS:
             raise InvalidInputError(f"text: {len(text)} characters is too long even split (max {MAX_SPLIT_TEXT_CHARS})")
         return split_text(text, SPLIT_PIECE_CHARS)
+
+    def _piece_stream(self, prompt_audio, prompt_text, pieces: list[str], seed, sampling, priority) -> PieceStream:
+        """The pieces' requests streamed as one; piece k seeded seed + k."""
+        def start(k: int) -> ChunkStream:
+            job = self._clone_job(prompt_audio, prompt_text, pieces[k], _seed_k(seed, k), sampling)
+            return self._streamer.stream(job, priority)
+
+        return PieceStream(start, len(pieces))
 
     def _run(self, job: Job, stream: Optional[bool]) -> Audio:
         if not (self.config.stream if stream is None else stream):

@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from .layers.attention import alibi_uses_triton
+from .layers.attention import alibi_uses_triton, dit_kernel_slower
 from .layers.backend import OPS, get_kernel_backend
 
 # Distributions whose versions decide what runs (onnxruntime-gpu brings the CUDA provider; cuda-python and
@@ -63,7 +63,7 @@ def _llm(rt, engine) -> dict:
         else "reference",
         # Streaming decode-only steps: CUDA graphs per batch bucket (captured on first use or by warmup()).
         "decode_graphs": None if graphs is None else {"mode": graphs.mode, "buckets": list(graphs.buckets),
-                                                      "captured": sorted(graphs._graphs)},
+                                                      "captured": graphs.captured_buckets},
         "offline_cuda_graphs": bool(cfg.cuda_graphs and llm.device.type == "cuda"),
     }
 
@@ -118,7 +118,7 @@ def _kernels(device: torch.device, decoder_dtype: torch.dtype) -> dict:
     out = {}
     for op in OPS:
         setting = get_kernel_backend(op)
-        auto = on_cuda and not (op == "dit_attention" and decoder_dtype == torch.float32)
+        auto = on_cuda and not (op == "dit_attention" and dit_kernel_slower(decoder_dtype))
         runs = {"reference": "reference", "triton": "triton"}.get(setting, "triton" if auto else "reference")
         out[op] = {"setting": setting, "runs": runs}
     return out

@@ -252,10 +252,11 @@ class Engine:
         (CPU, dummy:tiny), next to a ~3 ms graph replay of the real model. Returns (requests, logits)."""
         reqs = [self._requests[rid] for rid in rids]
         positions = plan.context_lens.astype(np.int64) - 1  # each row's one new token sits at context_len - 1
-        tokens = [_token_at(req, int(p)) for req, p in zip(reqs, positions.tolist())]
+        where = positions.tolist()
+        tokens = [_token_at(req, p) for req, p in zip(reqs, where)]
         if len(rids) < ARRAY_FILL_MIN_ROWS:
-            chunks = [SequenceChunk([tok], int(p), plan.block_table(i).tolist())
-                      for i, (tok, p) in enumerate(zip(tokens, positions.tolist()))]
+            chunks = [SequenceChunk([tok], p, plan.block_table(i).tolist())
+                      for i, (tok, p) in enumerate(zip(tokens, where))]
             return reqs, self.graphs.run(chunks)
         return reqs, self.graphs.run_decode(tokens, positions, plan.block_table_offsets, plan.block_table_ids)
 

@@ -170,15 +170,35 @@ class StreamRunner:
             self._engine.shutdown()
 
 
-class ChunkStream:
+class ClosingIterator:
+    """A blocking chunk iterator whose `close()` cancels what it still runs: leaving a `with` block or
+    dropping the iterator closes it too. Subclasses define `__next__` and `close`."""
+
+    def __iter__(self):
+        return self
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: nothing left to cancel
+            pass
+
+
+class ChunkStream(ClosingIterator):
     """Iterator over one request's AudioChunks (blocking). `close()` (or leaving a `with`
     block, or dropping the iterator) cancels the request if it is still running."""
 
     def __init__(self, req: Request, engine: Engine) -> None:
         self.request, self._engine, self._closed = req, engine, False
-
-    def __iter__(self) -> "ChunkStream":
-        return self
 
     def __next__(self) -> AudioChunk:
         if self._closed:
@@ -198,18 +218,6 @@ class ChunkStream:
             self._closed = True
             if not self.request.done:
                 self._engine.cancel(self.request)
-
-    def __enter__(self) -> "ChunkStream":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown: nothing left to cancel
-            pass
 
 
 def collect(chunks: Iterator[AudioChunk], text: str) -> Audio:

@@ -125,6 +125,11 @@ class PagedDecodeGraphs:
         self._capture_lock = capture_lock or threading.Lock()
         model.slopes(model.device)
 
+    @property
+    def captured_buckets(self) -> list[int]:
+        """Batch buckets with a CUDA graph."""
+        return sorted(self._graphs)
+
     def bucket(self, n_seqs: int) -> Optional[int]:
         return next((b for b in self.buckets if b >= n_seqs), None)
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import AsyncIterator, Callable, Optional
 
 from ..types import AudioChunk, StreamUsage
+from .jobs import ChunkStream, ClosingIterator
 
 
 class _Relabel:
@@ -40,11 +41,11 @@ class _Relabel:
         return out
 
 
-class PieceStream:
+class PieceStream(ClosingIterator):
     """Blocking iterator over the joined chunks of `n` pieces; `start(k)` submits piece k and returns
     its `ChunkStream`. `close()` cancels the running and the prefetched piece."""
 
-    def __init__(self, start: Callable[[int], "object"], n: int) -> None:
+    def __init__(self, start: Callable[[int], ChunkStream], n: int) -> None:
         self._start, self._n = start, n
         self._relabel = _Relabel(n)
         self._piece = 0
@@ -52,9 +53,6 @@ class PieceStream:
         self._next = None
         self.requests = [self._current.request]
         self._closed = False
-
-    def __iter__(self) -> "PieceStream":
-        return self
 
     def __next__(self) -> AudioChunk:
         while not self._closed:
@@ -85,18 +83,6 @@ class PieceStream:
         for stream in (self._current, self._next):
             if stream is not None:
                 stream.close()
-
-    def __enter__(self) -> "PieceStream":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
 
 async def achain_pieces(start: Callable[[int], AsyncIterator[AudioChunk]], n: int) -> AsyncIterator[AudioChunk]:

@@ -74,6 +74,13 @@ def cached_alibi_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
 # =======================================================================================
 # DiT
 # =======================================================================================
+def dit_kernel_slower(dtype: torch.dtype) -> bool:
+    """Whether "auto" keeps DiT attention in `dtype` on SDPA although the kernel could run it: fp32,
+    whose IEEE dots ran 14-30x slower than SDPA at T >= 300 on an H200
+    (benchmarks/kernels/bench_dit_attention.py, 2026-11-27); bf16/fp16 ran 1.8-2x faster."""
+    return dtype == torch.float32
+
+
 def _dit_unsupported(q: torch.Tensor, mask: torch.Tensor | None) -> str | None:
     dim = q.shape[-1]
     if dim < 16 or dim & (dim - 1):
@@ -108,10 +115,8 @@ def dit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_norm: tup
     """
     b, t, h, d = q.shape
     _check_dit_mask(mask, b, t, 0 if cache is None else cache[0].shape[2])
-    # fp32 stays on SDPA under "auto": the kernel's IEEE fp32 dots ran 14-30x slower than SDPA at
-    # T >= 300 on an H200 (benchmarks/kernels/bench_dit_attention.py, 2026-11-27); bf16/fp16 ran 1.8-2x faster.
     if use_triton("dit_attention", q.device, backend, _dit_unsupported(q, mask),
-                  dit_kernels._dit_attention_kernel, slower=q.dtype == torch.float32):
+                  dit_kernels._dit_attention_kernel, slower=dit_kernel_slower(q.dtype)):
         key_mask = None if mask is None else mask[:, 0, :]  # [B, T+Tc]
         if cache is None:
             keys = torch.empty(b, h, t, d, dtype=q.dtype, device=q.device)

@@ -9,6 +9,7 @@ from editx import Runtime
 from editx.describe import _kernels, environment
 from editx.layers import kernel_backend
 from editx.layers.backend import OPS
+from editx.models.flow.dit_slots import DiTSlots
 
 
 def test_describe_reports_the_pool_kv_and_front_end_the_runtime_holds():
@@ -19,7 +20,9 @@ def test_describe_reports_the_pool_kv_and_front_end_the_runtime_holds():
         pool = info["decoder"]["dit_slots"]
         slots = rt.decoder.slots
         assert (pool["streams"], pool["free"], pool["mode"]) == (2, 2, "static")
-        assert pool["bytes"] == slots.k.numel() * slots.k.element_size() * 2 and pool["graph_error"] is None
+        # from the flow config, not the pool's tensors: 2 streams + the scratch slot, 10 s of prompt each
+        per_stream = DiTSlots.stream_bytes(rt.components.flow, rt.config.n_timesteps, slots.prompt_capacity)
+        assert pool["bytes"] == 3 * per_stream and pool["graph_error"] is None
         kv = info["kv_cache"]
         engine = rt._streamer.engine
         # what is allocated: fp32 K and V, incl. the engine's scratch block past the scheduler's blocks

@@ -8,7 +8,7 @@ import torch
 
 from decoder_testing import loaded_pool_solve, tiny_flow
 
-from editx.models.graph_safety import graph_hazards
+from editx.models.graph_safety import HOST_METHODS, graph_hazards
 
 BUF = torch.arange(7.0)
 MASK = BUF > 2.5
@@ -53,8 +53,9 @@ def test_static_buffer_work_is_clean_and_methods_are_restored():
         out.index_add_(0, index, BUF[:3])
         return torch.where(MASK, out, -out).softmax(0) @ BUF.index_select(0, index).repeat(3)[:7]
 
+    originals = {name: getattr(torch.Tensor, name) for name in HOST_METHODS}
     assert graph_hazards(step) == []
-    assert BUF.tolist()[:2] == [0.0, 1.0]  # the patched Tensor methods are the originals again
+    assert all(getattr(torch.Tensor, name) is method for name, method in originals.items())  # unpatched again
 
 
 def test_hazards_in_a_failing_step_propagate_and_restore():
@@ -62,8 +63,10 @@ def test_hazards_in_a_failing_step_propagate_and_restore():
         BUF.tolist()
         raise RuntimeError("boom")
 
+    original = torch.Tensor.tolist
     with pytest.raises(RuntimeError, match="boom"):
         graph_hazards(step)
+    assert torch.Tensor.tolist is original  # restored although the step raised
     assert graph_hazards(lambda: BUF + 1) == []
 
 
